@@ -1,0 +1,169 @@
+"""``loraserve``: plan, validate, verify, schema.
+
+The CLI is thin: it parses arguments, loads inputs, calls the same Python API a user would,
+and writes results. Bad input exits with code 2 and one line naming the field; an
+infeasible problem exits with code 1 and says what binds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from loraserve.models import Config, ConfigError, PlacementPlan, SolveResult, load_config
+from loraserve.solver import SOLVERS, solve
+
+logger = logging.getLogger("loraserve")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _out(line: str = "") -> None:
+    sys.stdout.write(line + "\n")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def format_result(result: SolveResult, config: Config) -> str:
+    """The table ``loraserve plan`` prints: GPUs per type and tier, then the solve figures."""
+    lines: list[str] = []
+    if result.plan is not None:
+        table = result.plan.tier_table()
+        lines.append(f"{'gpu_type':<12} {'tier':>5} {'gpus':>5} {'adapters':>9} "
+                     f"{'mean util':>10} {'max util':>9}")
+        for row in table.itertuples(index=False):
+            lines.append(f"{row.gpu_type:<12} {row.tier:>5} {row.gpus:>5} {row.adapters:>9} "
+                         f"{row.mean_util:>10.1%} {row.max_util:>9.1%}")
+        gpus = result.plan.gpu_table()
+        lines.append(
+            f"{'total':<12} {'':>5} {result.plan.num_gpus:>5} {len(config.adapters):>9}   "
+            f"cost {result.plan.cost_per_hour(config):.2f}/h   worst predicted "
+            f"p{config.slo.percentile:g} TTFT {gpus['ttft_ms'].max():.0f} ms, "
+            f"TPOT {gpus['tpot_ms'].max():.1f} ms"
+        )
+    gap = "n/a" if result.gap is None else f"{result.gap:.1%}"
+    objective = "n/a" if result.objective is None else f"{result.objective:g}"
+    lines.append(
+        f"status {result.status}   solver {result.solver}   objective {objective}   "
+        f"bound {result.lower_bound:g}   gap {gap}   {result.seconds:.2f} s"
+    )
+    if result.message:
+        lines.append(result.message)
+    return "\n".join(lines)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    result = solve(config, solver=args.solver, time_limit=args.time_limit, seed=args.seed,
+                   threads=args.threads)
+    if result.status == "infeasible":
+        _out(f"infeasible: {result.message}")
+        return EXIT_FAIL
+    _out(format_result(result, config))
+    if result.plan is None:
+        return EXIT_FAIL
+    if args.output:
+        result.plan.save(args.output)
+        _out(f"plan written to {args.output}")
+    return EXIT_OK
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    ranks = sorted({a.rank for a in config.adapters})
+    _out(f"{args.config}: valid: {len(config.adapters)} adapters (ranks {ranks}), "
+         f"{config.total_request_rate:g} req/s, "
+         f"{sum(p.count for p in config.pools)} GPUs in {len(config.pools)} pool(s), "
+         f"base model {config.base_model.name}")
+    return EXIT_OK
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    plan = PlacementPlan.load(args.plan)
+    problems = plan.verify(config)
+    if not problems:
+        _out(f"{args.plan}: valid for {args.config} ({plan.num_gpus} GPUs)")
+        return EXIT_OK
+    for problem in problems:
+        _out(str(problem))
+    _out(f"{args.plan}: {len(problems)} violation(s)")
+    return EXIT_FAIL
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    schema = Config.model_json_schema()
+    text = json.dumps(schema, indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+    else:
+        _out(text)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = _Parser(prog="loraserve", description="Rank-aware LoRA placement for vLLM fleets.")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log progress (-v) or details (-vv) to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    plan = sub.add_parser("plan", help="solve a placement and print its table")
+    plan.add_argument("config", help="config YAML")
+    plan.add_argument("-o", "--output", help="write the plan YAML here")
+    plan.add_argument("--solver", choices=SOLVERS, default="auto")
+    plan.add_argument("--time-limit", type=_positive, default=30.0, help="seconds (default 30)")
+    plan.add_argument("--seed", type=int, default=0)
+    plan.add_argument("--threads", type=int, default=1)
+    plan.set_defaults(func=_cmd_plan)
+
+    validate = sub.add_parser("validate", help="check a config and summarise it")
+    validate.add_argument("config")
+    validate.set_defaults(func=_cmd_validate)
+
+    verify = sub.add_parser("verify", help="check a plan against a config, without a solver")
+    verify.add_argument("config")
+    verify.add_argument("plan")
+    verify.set_defaults(func=_cmd_verify)
+
+    schema = sub.add_parser("schema", help="print the config's JSON Schema")
+    schema.add_argument("-o", "--output", help="write it to a file instead")
+    schema.set_defaults(func=_cmd_schema)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; return the exit code."""
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted; no files were written\n")
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

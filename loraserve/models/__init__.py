@@ -1,0 +1,37 @@
+"""Validated inputs and outputs: base models, workload, cluster, SLO, plans and results."""
+
+from loraserve.models.base_model import ALL_LINEAR_MODULES, PRESETS, BaseModelSpec, TargetModule
+from loraserve.models.config import (
+    ADMISSIBLE_RANKS,
+    SLO,
+    Adapter,
+    AdapterDefaults,
+    Config,
+    ConfigError,
+    GPUPool,
+    ServingLimits,
+    config_from_mapping,
+    load_config,
+)
+from loraserve.models.plan import GPUPlacement, PlacementPlan, SolveResult, Violation
+
+__all__ = [
+    "ADMISSIBLE_RANKS",
+    "ALL_LINEAR_MODULES",
+    "PRESETS",
+    "SLO",
+    "Adapter",
+    "AdapterDefaults",
+    "BaseModelSpec",
+    "Config",
+    "ConfigError",
+    "GPUPlacement",
+    "GPUPool",
+    "PlacementPlan",
+    "ServingLimits",
+    "SolveResult",
+    "TargetModule",
+    "Violation",
+    "config_from_mapping",
+    "load_config",
+]

@@ -1,0 +1,422 @@
+"""Placement plans and solver results: values that can be saved, diffed and verified."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from loraserve.models.config import Config, ConfigError, format_validation_error
+
+if TYPE_CHECKING:
+    from loraserve.profiles.capacity import CostModel
+
+#: Tolerance on sums of routing weights and on capacity checks.
+TOLERANCE = 1e-6
+
+
+class GPUPlacement(BaseModel):
+    """One GPU of a plan: its type, rank tier, hosted adapters and predicted behaviour.
+
+    Parameters
+    ----------
+    gpu_id : str
+        Logical GPU name, unique in the plan (``<gpu_type>-<index>``).
+    gpu_type : str
+        The pool it comes from.
+    tier : int
+        The ``--max-lora-rank`` the worker runs with.
+    adapters : list of str
+        Adapters whose weights the worker keeps loaded.
+    utilization : float
+        Predicted compute utilization (share of the GPU's time busy).
+    predicted_tpot_ms, predicted_ttft_ms : float
+        Predicted TPOT and TTFT at the SLO percentile under the planned load.
+    adapter_memory_gib : float
+        Bytes of the hosted adapters' weights (the worker's adapter cache), in GiB.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpu_id: str
+    gpu_type: str
+    tier: int
+    adapters: list[str] = Field(default_factory=list)
+    utilization: float = 0.0
+    predicted_tpot_ms: float = 0.0
+    predicted_ttft_ms: float = 0.0
+    adapter_memory_gib: float = 0.0
+
+
+class Violation(BaseModel):
+    """One broken constraint found by :meth:`PlacementPlan.verify`.
+
+    Parameters
+    ----------
+    constraint : str
+        Constraint family (``routing``, ``tier``, ``compute``, ``memory``, ``slots``,
+        ``replicas``, ``pool``, ``unknown``).
+    subject : str
+        The adapter, GPU or pool concerned.
+    message : str
+        What is wrong, in one sentence.
+    excess : float
+        By how much the limit is exceeded, in the constraint's unit (0 when not numeric).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    constraint: str
+    subject: str
+    message: str
+    excess: float = 0.0
+
+    def __str__(self) -> str:
+        return f"{self.constraint}: {self.subject}: {self.message}"
+
+
+class PlacementPlan(BaseModel):
+    """Where every adapter lives and how its traffic splits.
+
+    A plan is a value: solving produces it without side effects, it round-trips through YAML,
+    and :meth:`verify` checks it against a :class:`~loraserve.models.config.Config` without a
+    solver.
+
+    Parameters
+    ----------
+    base_model : str
+        The base model's name, for a sanity check when the plan is applied.
+    gpus : list of GPUPlacement
+        The GPUs used, sorted by id.
+    routes : dict
+        ``routes[adapter_id][gpu_id]`` is the share of the adapter's requests that GPU serves;
+        each adapter's shares sum to 1.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: Literal[1] = 1
+    base_model: str
+    gpus: list[GPUPlacement] = Field(default_factory=list)
+    routes: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    @property
+    def num_gpus(self) -> int:
+        """Number of GPUs the plan uses."""
+        return len(self.gpus)
+
+    def gpu(self, gpu_id: str) -> GPUPlacement:
+        """Return the GPU called ``gpu_id``."""
+        for gpu in self.gpus:
+            if gpu.gpu_id == gpu_id:
+                return gpu
+        raise KeyError(gpu_id)
+
+    def gpus_by_type_and_tier(self) -> dict[tuple[str, int], int]:
+        """Count GPUs per ``(gpu_type, tier)``."""
+        return dict(sorted(Counter((g.gpu_type, g.tier) for g in self.gpus).items()))
+
+    def cost_per_hour(self, config: Config) -> float:
+        """Price of the plan's GPUs per hour under ``config``'s pools."""
+        prices = {p.gpu_type: p.cost_per_hour for p in config.pools}
+        return sum(prices.get(g.gpu_type, math.nan) for g in self.gpus)
+
+    def normalized(self) -> PlacementPlan:
+        """Return a copy with sorted GPUs, adapters and routes and no zero-weight routes."""
+        gpus = sorted(
+            (g.model_copy(update={"adapters": sorted(g.adapters)}) for g in self.gpus),
+            key=lambda g: _natural_key(g.gpu_id),
+        )
+        routes = {
+            a: {g: w for g, w in sorted(split.items(), key=lambda kv: _natural_key(kv[0])) if w > 0}
+            for a, split in sorted(self.routes.items())
+        }
+        return self.model_copy(update={"gpus": gpus, "routes": routes})
+
+    # ---- serialisation -------------------------------------------------------------------
+
+    def to_yaml(self) -> str:
+        """Serialise to YAML."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str, source: str = "plan") -> PlacementPlan:
+        """Parse a plan from YAML text.
+
+        Raises
+        ------
+        ConfigError
+            One line naming the field when the text is not a valid plan.
+        """
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{source}: YAML syntax error: {exc}".splitlines()[0]) from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: a plan must be a mapping with gpus and routes")
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, raw, source)) from None
+
+    def save(self, path: str | Path) -> None:
+        """Write the plan to ``path`` atomically (a failed write leaves the old file intact)."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(self.to_yaml(), encoding="utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PlacementPlan:
+        """Read a plan written by :meth:`save`."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: file not found") from None
+        return cls.from_yaml(text, source=str(path))
+
+    # ---- tables --------------------------------------------------------------------------
+
+    def gpu_table(self) -> pd.DataFrame:
+        """One row per GPU: id, type, tier, hosted adapter count, utilization, latencies."""
+        rows = [
+            {
+                "gpu_id": g.gpu_id,
+                "gpu_type": g.gpu_type,
+                "tier": g.tier,
+                "adapters": len(g.adapters),
+                "utilization": g.utilization,
+                "tpot_ms": g.predicted_tpot_ms,
+                "ttft_ms": g.predicted_ttft_ms,
+                "adapter_memory_gib": g.adapter_memory_gib,
+            }
+            for g in self.gpus
+        ]
+        return pd.DataFrame(rows, columns=[
+            "gpu_id", "gpu_type", "tier", "adapters", "utilization", "tpot_ms", "ttft_ms",
+            "adapter_memory_gib",
+        ])
+
+    def route_table(self) -> pd.DataFrame:
+        """One row per (adapter, GPU) route with its weight."""
+        rows = [
+            {"adapter_id": a, "gpu_id": g, "weight": w}
+            for a, split in self.routes.items()
+            for g, w in split.items()
+        ]
+        return pd.DataFrame(rows, columns=["adapter_id", "gpu_id", "weight"])
+
+    def tier_table(self) -> pd.DataFrame:
+        """GPUs, hosted adapters and mean utilization per (gpu_type, tier)."""
+        table = self.gpu_table()
+        if table.empty:
+            return pd.DataFrame(columns=["gpu_type", "tier", "gpus", "adapters", "mean_util",
+                                         "max_util"])
+        grouped = table.groupby(["gpu_type", "tier"], as_index=False).agg(
+            gpus=("gpu_id", "count"),
+            adapters=("adapters", "sum"),
+            mean_util=("utilization", "mean"),
+            max_util=("utilization", "max"),
+        )
+        return grouped
+
+    # ---- verification --------------------------------------------------------------------
+
+    def verify(self, config: Config, cost_model: CostModel | None = None) -> list[Violation]:
+        """Check the plan against ``config``; return every violation (empty when valid).
+
+        No solver is involved: routing sums, tier >= rank, compute utilization under each
+        tier's SLO-derived limit, memory, adapter slots, replica caps and pool sizes are
+        recomputed from the inputs.
+
+        Parameters
+        ----------
+        config : Config
+            The inputs the plan claims to satisfy.
+        cost_model : CostModel, optional
+            Cost model to price loads with; built from ``config`` when omitted.
+        """
+        # Imported here because the cost model sits one layer above models/ in the import
+        # order; plans still verify themselves, as users expect.
+        from loraserve.profiles.capacity import CostModel
+
+        model = cost_model or CostModel.from_config(config)
+        return _verify(self, config, model)
+
+
+def _natural_key(text: str) -> tuple[str, int]:
+    head, _, tail = text.rpartition("-")
+    return (head, int(tail)) if tail.isdigit() else (text, -1)
+
+
+def _verify(plan: PlacementPlan, config: Config, model: CostModel) -> list[Violation]:
+    problems: list[Violation] = []
+    adapters = {a.id: a for a in config.adapters}
+    limits = config.serving
+    gpus: dict[str, GPUPlacement] = {}
+    pools = {p.gpu_type: p for p in config.pools}
+    for gpu in plan.gpus:
+        if gpu.gpu_id in gpus:
+            problems.append(Violation(constraint="unknown", subject=gpu.gpu_id,
+                                      message="GPU id appears twice"))
+        gpus[gpu.gpu_id] = gpu
+        if gpu.gpu_type not in pools:
+            problems.append(Violation(constraint="pool", subject=gpu.gpu_id,
+                                      message=f"GPU type '{gpu.gpu_type}' is not in the pools"))
+        if gpu.tier not in limits.tiers:
+            problems.append(Violation(constraint="tier", subject=gpu.gpu_id,
+                                      message=f"tier {gpu.tier} is not in serving.tiers"))
+    if plan.base_model != config.base_model.name:
+        problems.append(Violation(constraint="unknown", subject="base_model",
+                                  message=f"plan is for '{plan.base_model}', config for "
+                                  f"'{config.base_model.name}'"))
+
+    for gpu_type, used in Counter(g.gpu_type for g in plan.gpus).items():
+        if gpu_type in pools and used > pools[gpu_type].count:
+            problems.append(Violation(constraint="pool", subject=gpu_type,
+                                      message=f"uses {used} GPUs; the pool holds "
+                                      f"{pools[gpu_type].count}",
+                                      excess=used - pools[gpu_type].count))
+
+    hosted_on: dict[str, set[str]] = {g.gpu_id: set(g.adapters) for g in plan.gpus}
+    load: dict[str, float] = dict.fromkeys(gpus, 0.0)
+    for adapter_id in plan.routes:
+        if adapter_id not in adapters:
+            problems.append(Violation(constraint="unknown", subject=adapter_id,
+                                      message="routed adapter is not in the config"))
+    for adapter_id, adapter in adapters.items():
+        split = plan.routes.get(adapter_id)
+        if not split:
+            problems.append(Violation(constraint="routing", subject=adapter_id,
+                                      message="adapter has no route", excess=1.0))
+            continue
+        total = sum(split.values())
+        if abs(total - 1.0) > TOLERANCE:
+            problems.append(Violation(constraint="routing", subject=adapter_id,
+                                      message=f"routing weights sum to {total:.6f}, not 1",
+                                      excess=abs(total - 1.0)))
+        for gpu_id, weight in split.items():
+            if weight < -TOLERANCE:
+                problems.append(Violation(constraint="routing", subject=adapter_id,
+                                          message=f"negative weight {weight} on {gpu_id}",
+                                          excess=-weight))
+            gpu = gpus.get(gpu_id)
+            if gpu is None:
+                problems.append(Violation(constraint="routing", subject=adapter_id,
+                                          message=f"routed to unknown GPU {gpu_id}"))
+                continue
+            if adapter_id not in hosted_on[gpu_id] and weight > TOLERANCE:
+                problems.append(Violation(constraint="routing", subject=adapter_id,
+                                          message=f"routed to {gpu_id}, which does not host it"))
+            if gpu.gpu_type in pools and model.has(gpu.gpu_type, gpu.tier):
+                load[gpu_id] += weight * model.adapter_load(adapter, gpu.gpu_type, gpu.tier)
+        replicas = sum(1 for g in plan.gpus if adapter_id in hosted_on[g.gpu_id])
+        if replicas > limits.max_replicas:
+            problems.append(Violation(constraint="replicas", subject=adapter_id,
+                                      message=f"hosted on {replicas} GPUs; max_replicas is "
+                                      f"{limits.max_replicas}",
+                                      excess=replicas - limits.max_replicas))
+
+    for gpu in plan.gpus:
+        hosted = [adapters[a] for a in gpu.adapters if a in adapters]
+        for name in gpu.adapters:
+            if name not in adapters:
+                problems.append(Violation(constraint="unknown", subject=gpu.gpu_id,
+                                          message=f"hosts unknown adapter '{name}'"))
+        for adapter in hosted:
+            if adapter.rank > gpu.tier:
+                problems.append(Violation(constraint="tier", subject=gpu.gpu_id,
+                                          message=f"hosts '{adapter.id}' of rank {adapter.rank} "
+                                          f"above its tier {gpu.tier}",
+                                          excess=adapter.rank - gpu.tier))
+        if len(hosted) > limits.adapters_per_gpu:
+            problems.append(Violation(constraint="slots", subject=gpu.gpu_id,
+                                      message=f"hosts {len(hosted)} adapters; the limit is "
+                                      f"{limits.adapters_per_gpu}",
+                                      excess=len(hosted) - limits.adapters_per_gpu))
+        if gpu.gpu_type not in pools:
+            continue
+        used_bytes = sum(config.adapter_bytes(a) for a in hosted)
+        cache_bytes = model.adapter_cache_bytes()
+        if used_bytes > cache_bytes * (1 + TOLERANCE):
+            problems.append(Violation(constraint="memory", subject=gpu.gpu_id,
+                                      message=f"hosted adapters need {used_bytes / 2**30:.2f} "
+                                      f"GiB; serving.adapter_cache_gib is "
+                                      f"{cache_bytes / 2**30:g}",
+                                      excess=(used_bytes - cache_bytes) / 2**30))
+        if not model.has(gpu.gpu_type, gpu.tier):
+            reason = model.capacity(gpu.gpu_type, gpu.tier).reason
+            family = "memory" if reason.startswith("memory") else "tier"
+            problems.append(Violation(constraint=family, subject=gpu.gpu_id,
+                                      message=f"tier {gpu.tier} is not usable: {reason}"))
+            continue
+        limit = model.capacity(gpu.gpu_type, gpu.tier).max_utilization
+        if load[gpu.gpu_id] > limit + TOLERANCE:
+            problems.append(Violation(constraint="compute", subject=gpu.gpu_id,
+                                      message=f"utilization {load[gpu.gpu_id]:.3f} exceeds "
+                                      f"{limit:.3f}, the most that keeps the SLO at tier "
+                                      f"{gpu.tier}",
+                                      excess=load[gpu.gpu_id] - limit))
+    return problems
+
+
+SolveStatus = Literal["optimal", "feasible", "infeasible", "unknown"]
+
+
+class SolveResult(BaseModel):
+    """What a solver returns: the plan (when one was found) and how good it is.
+
+    Parameters
+    ----------
+    status : {"optimal", "feasible", "infeasible", "unknown"}
+        ``optimal``: proven (gap within the solver's tolerance); ``feasible``: a plan with a
+        gap; ``infeasible``: proven that no plan exists, with ``message`` saying what binds;
+        ``unknown``: no plan found within the limits.
+    plan : PlacementPlan or None
+        The best plan found.
+    objective : float or None
+        The plan's cost: GPUs, or cost per hour when pools differ in price.
+    lower_bound : float
+        A valid lower bound on the optimal objective.
+    gap : float or None
+        ``(objective - lower_bound) / objective``.
+    seconds : float
+        Wall-clock solve time.
+    solver : str
+        Algorithm that produced the plan.
+    message : str
+        Human-readable detail: what bound, why infeasible.
+    binding : str or None
+        The constraint family that determines the lower bound or causes infeasibility.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: SolveStatus
+    plan: PlacementPlan | None = None
+    objective: float | None = None
+    lower_bound: float = 0.0
+    gap: float | None = None
+    seconds: float = 0.0
+    solver: str = ""
+    message: str = ""
+    binding: str | None = None
+
+    def summary(self) -> pd.DataFrame:
+        """One-row table of the result's figures."""
+        return pd.DataFrame([{
+            "status": self.status,
+            "solver": self.solver,
+            "gpus": self.plan.num_gpus if self.plan else None,
+            "objective": self.objective,
+            "lower_bound": self.lower_bound,
+            "gap": self.gap,
+            "seconds": self.seconds,
+            "binding": self.binding,
+        }])

@@ -1,0 +1,311 @@
+"""From a profile and an SLO to per-tier capacity and per-adapter load.
+
+The model (the same one the solver, ``verify`` and the simulator read):
+
+* **Memory.** A vLLM worker at tier ``R`` allocates LoRA buffers for ``max_loras`` adapters
+  padded to rank ``R`` (vLLM's stacked ``lora_a``/``lora_b`` tensors). What remains of
+  ``memory * gpu_memory_utilization`` after the base weights, those buffers and the runtime
+  overhead is KV cache. A tier is usable on a GPU type only if at least ``min_kv_cache_gib``
+  remains.
+* **Batch.** The operating batch ``b*`` is the largest batch that (i) fits in the KV cache at
+  the workload's mean context (prompt + output tokens), (ii) respects ``max_num_seqs`` and
+  (iii) keeps the TPOT SLO. With chunked prefill a running sequence waits for the prefill work
+  interleaved with decode, so TPOT(b) = d(b) / (1 - f(b)), where d(b) is the profile's
+  decode step and f(b) the share of busy time spent on prefill at full load.
+* **Throughput and load.** Decode runs at ``theta = b* / d(b*)`` tokens/s and prefill at
+  ``pi = C / p(C)`` tokens/s with C = ``max_num_batched_tokens``. A request of adapter ``a``
+  keeps a tier-``R`` GPU busy ``P_a / pi + O_a / theta`` seconds, so adapter ``a`` puts a
+  load (share of the GPU's time) of ``lambda_a * (P_a / pi + O_a / theta)`` on it. Padding is
+  why this grows with ``R`` even for a rank-8 adapter.
+* **Utilization limit.** The TTFT percentile ``q`` under utilization ``rho`` is approximated as
+  prefill + one decode step + the M/M/1 waiting-time percentile with the mean prefill as the
+  service time, ``W_q = s * ln(rho / (1 - q)) / (1 - rho)``. The tier's ``max_utilization``
+  is the largest ``rho`` that keeps it under the TTFT SLO, capped by
+  ``serving.max_utilization``.
+
+These are approximations for planning; the simulator checks them against iteration-level
+behaviour.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+from loraserve.models import Adapter, Config
+from loraserve.models.config import GiB
+from loraserve.profiles.library import find_profile
+from loraserve.profiles.schema import Profile
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TierCapacity:
+    """What one GPU of a type, at one rank tier, can sustain under the SLO.
+
+    Attributes
+    ----------
+    gpu_type : str
+    tier : int
+    usable : bool
+        False when memory or the SLO rules the tier out; ``reason`` says why.
+    reason : str
+    lora_buffer_bytes : float
+        GPU memory of the tier's padded LoRA buffers.
+    kv_cache_bytes : float
+        KV cache left for sequences.
+    batch : float
+        Operating batch ``b*``.
+    batch_limit : str
+        What set ``b*``: ``kv_cache``, ``max_num_seqs`` or ``tpot``.
+    decode_tokens_per_s, prefill_tokens_per_s : float
+        Throughputs at the operating point.
+    step_ms : float
+        Decode-step latency at ``b*``.
+    max_utilization : float
+        Largest load that keeps the TTFT percentile under the SLO.
+    """
+
+    gpu_type: str
+    tier: int
+    usable: bool
+    reason: str = ""
+    lora_buffer_bytes: float = 0.0
+    kv_cache_bytes: float = 0.0
+    batch: float = 0.0
+    batch_limit: str = ""
+    decode_tokens_per_s: float = 0.0
+    prefill_tokens_per_s: float = 0.0
+    step_ms: float = 0.0
+    max_utilization: float = 0.0
+
+
+@dataclass(frozen=True)
+class LatencyPrediction:
+    """Predicted latencies of a GPU under a given load."""
+
+    utilization: float
+    tpot_ms: float
+    ttft_ms: float
+
+
+def _waiting_quantile_s(rho: float, service_s: float, quantile: float) -> float:
+    """M/M/1 waiting-time quantile: P(W > t) = rho * exp(-(1 - rho) t / s)."""
+    if rho <= 1.0 - quantile:
+        return 0.0
+    if rho >= 1.0:
+        return math.inf
+    return service_s * math.log(rho / (1.0 - quantile)) / (1.0 - rho)
+
+
+@dataclass
+class CostModel:
+    """Per-tier capacity and per-adapter load for one config.
+
+    Build it with :meth:`from_config`; the solver, :meth:`PlacementPlan.verify` and the
+    simulator all read the same object.
+    """
+
+    config: Config
+    profiles: dict[str, Profile]
+    mean_prompt_tokens: float
+    mean_output_tokens: float
+    _capacity: dict[tuple[str, int], TierCapacity] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: Config, profiles: dict[str, Profile] | None = None) -> CostModel:
+        """Build the cost model of ``config``, finding a profile for every GPU pool.
+
+        Parameters
+        ----------
+        config : Config
+        profiles : dict, optional
+            Profiles keyed by GPU type; looked up (user files, measured, analytic) when
+            omitted.
+        """
+        found = dict(profiles or {})
+        for pool in config.pools:
+            if pool.gpu_type not in found:
+                found[pool.gpu_type] = find_profile(pool.gpu_type, config.base_model,
+                                                    config.profiles)
+        weights = [a.request_rate for a in config.adapters]
+        total = sum(weights)
+        if total <= 0:
+            weights = [1.0] * len(config.adapters)
+            total = float(len(config.adapters))
+        prompt = sum(w * a.prompt_tokens for w, a in zip(weights, config.adapters, strict=True))
+        output = sum(w * a.output_tokens for w, a in zip(weights, config.adapters, strict=True))
+        model = cls(config=config, profiles=found, mean_prompt_tokens=prompt / total,
+                    mean_output_tokens=output / total)
+        for pool in config.pools:
+            for tier in config.serving.tiers:
+                model._capacity[(pool.gpu_type, tier)] = model._tier_capacity(pool.gpu_type, tier)
+        return model
+
+    # ---- per-tier capacity ---------------------------------------------------------------
+
+    def _tier_capacity(self, gpu_type: str, tier: int) -> TierCapacity:
+        config, limits, slo = self.config, self.config.serving, self.config.slo
+        pool = config.pool(gpu_type)
+        profile = self.profiles[gpu_type]
+        base = config.base_model
+        if tier not in profile.tiers:
+            return TierCapacity(gpu_type, tier, usable=False,
+                                reason=f"the {gpu_type} profile has no tier {tier}")
+        buffer_bytes = limits.max_loras * base.adapter_bytes(tier, profile.lora_target_modules)
+        usable_bytes = pool.memory_gib * limits.gpu_memory_utilization * GiB
+        kv_bytes = usable_bytes - base.weight_bytes - buffer_bytes - limits.runtime_overhead_gib * GiB
+        common = {"lora_buffer_bytes": float(buffer_bytes), "kv_cache_bytes": float(kv_bytes)}
+        if kv_bytes < limits.min_kv_cache_gib * GiB:
+            return TierCapacity(
+                gpu_type, tier, usable=False,
+                reason=(f"memory: tier {tier} on {gpu_type} leaves {kv_bytes / GiB:.1f} GiB of KV "
+                        f"cache after base weights ({base.weight_bytes / GiB:.1f} GiB) and LoRA "
+                        f"buffers ({limits.max_loras} x rank {tier} = {buffer_bytes / GiB:.1f} "
+                        f"GiB); min_kv_cache_gib is {limits.min_kv_cache_gib:g}"),
+                **common)
+        prompt, output = self.mean_prompt_tokens, self.mean_output_tokens
+        chunk = limits.max_num_batched_tokens
+        prefill_tps = chunk / (profile.prefill_ms(tier, chunk) / 1e3)
+        prefill_s_per_request = prompt / prefill_tps
+
+        def tpot_ms(batch: float) -> float:
+            step = profile.decode_ms(tier, batch)
+            decode_s = output * step / 1e3 / batch
+            prefill_share = prefill_s_per_request / (prefill_s_per_request + decode_s)
+            return step / (1.0 - prefill_share)
+
+        kv_batch = kv_bytes / (base.kv_bytes_per_token * (prompt + output))
+        batch_cap, limit = (kv_batch, "kv_cache")
+        if limits.max_num_seqs < batch_cap:
+            batch_cap, limit = (float(limits.max_num_seqs), "max_num_seqs")
+        if tpot_ms(1.0) > slo.tpot_ms:
+            return TierCapacity(
+                gpu_type, tier, usable=False,
+                reason=(f"TPOT: one sequence at tier {tier} on {gpu_type} already takes "
+                        f"{tpot_ms(1.0):.1f} ms per token; the SLO is {slo.tpot_ms:g} ms"),
+                **common)
+        if batch_cap < 1.0:
+            return TierCapacity(gpu_type, tier, usable=False,
+                                reason=f"memory: KV cache at tier {tier} on {gpu_type} holds "
+                                f"less than one sequence of {prompt + output:.0f} tokens",
+                                **common)
+        if tpot_ms(batch_cap) > slo.tpot_ms:
+            low, high = 1.0, batch_cap
+            for _ in range(60):
+                mid = 0.5 * (low + high)
+                low, high = (mid, high) if tpot_ms(mid) <= slo.tpot_ms else (low, mid)
+            batch_cap, limit = low, "tpot"
+        batch = math.floor(batch_cap) if batch_cap >= 1.0 else batch_cap
+        step = profile.decode_ms(tier, batch)
+        decode_tps = batch / (step / 1e3)
+        max_util = self._max_utilization(prefill_s_per_request, step)
+        if max_util <= 0.0:
+            unloaded = (prefill_s_per_request * 1e3) + step
+            return TierCapacity(
+                gpu_type, tier, usable=False,
+                reason=(f"TTFT: an unloaded tier-{tier} {gpu_type} already needs {unloaded:.0f} "
+                        f"ms to the first token; the SLO is {slo.ttft_ms:g} ms"),
+                **common)
+        return TierCapacity(
+            gpu_type, tier, usable=True, batch=float(batch), batch_limit=limit,
+            decode_tokens_per_s=decode_tps, prefill_tokens_per_s=prefill_tps, step_ms=step,
+            max_utilization=max_util, **common)
+
+    def _max_utilization(self, prefill_s: float, step_ms: float) -> float:
+        slo = self.config.slo
+        quantile = slo.percentile / 100.0
+        cap = self.config.serving.max_utilization
+
+        def ttft_ms(rho: float) -> float:
+            return 1e3 * (prefill_s + _waiting_quantile_s(rho, prefill_s, quantile)) + step_ms
+
+        if ttft_ms(0.0) > slo.ttft_ms:
+            return 0.0
+        if ttft_ms(cap) <= slo.ttft_ms:
+            return cap
+        low, high = 0.0, cap
+        for _ in range(60):
+            mid = 0.5 * (low + high)
+            low, high = (mid, high) if ttft_ms(mid) <= slo.ttft_ms else (low, mid)
+        return low
+
+    def capacity(self, gpu_type: str, tier: int) -> TierCapacity:
+        """Capacity of a ``gpu_type`` GPU at ``tier`` (usable or not; see ``reason``)."""
+        return self._capacity[(gpu_type, tier)]
+
+    def has(self, gpu_type: str, tier: int) -> bool:
+        """Whether a ``gpu_type`` GPU can run at ``tier`` under the SLO and memory."""
+        cap = self._capacity.get((gpu_type, tier))
+        return cap is not None and cap.usable
+
+    def kinds(self) -> list[tuple[str, int]]:
+        """Usable ``(gpu_type, tier)`` pairs, in config order and ascending tier."""
+        return [key for key, cap in self._capacity.items() if cap.usable]
+
+    def capacity_table(self) -> list[TierCapacity]:
+        """Every ``(gpu_type, tier)`` capacity, usable or not."""
+        return list(self._capacity.values())
+
+    # ---- adapters ------------------------------------------------------------------------
+
+    def request_seconds(self, adapter: Adapter, gpu_type: str, tier: int) -> float:
+        """GPU-busy seconds one request of ``adapter`` costs on a tier-``tier`` GPU."""
+        cap = self._capacity[(gpu_type, tier)]
+        if not cap.usable:
+            return math.inf
+        return (adapter.prompt_tokens / cap.prefill_tokens_per_s
+                + adapter.output_tokens / cap.decode_tokens_per_s)
+
+    def adapter_load(self, adapter: Adapter, gpu_type: str, tier: int) -> float:
+        """Share of a tier-``tier`` GPU's time ``adapter``'s whole traffic would take."""
+        return adapter.request_rate * self.request_seconds(adapter, gpu_type, tier)
+
+    def adapter_cache_bytes(self) -> float:
+        """Bytes of hosted adapters one worker may keep (infinite when unlimited)."""
+        limit = self.config.serving.adapter_cache_gib
+        return math.inf if limit is None else limit * GiB
+
+    # ---- predictions ---------------------------------------------------------------------
+
+    def predict(
+        self, gpu_type: str, tier: int, shares: list[tuple[Adapter, float]]
+    ) -> LatencyPrediction:
+        """Predict utilization, TPOT and TTFT (at the SLO percentile) of one GPU.
+
+        Parameters
+        ----------
+        gpu_type, tier : str, int
+            The GPU.
+        shares : list of (Adapter, float)
+            Adapters routed to it and the share of each one's traffic it serves.
+        """
+        cap = self._capacity[(gpu_type, tier)]
+        if not cap.usable:
+            return LatencyPrediction(math.inf, math.inf, math.inf)
+        profile = self.profiles[gpu_type]
+        util = sum(self.adapter_load(a, gpu_type, tier) * w for a, w in shares)
+        prefill_busy = sum(a.request_rate * w * a.prompt_tokens for a, w in shares)
+        prefill_busy /= cap.prefill_tokens_per_s
+        decode_rate = sum(a.request_rate * w * a.output_tokens for a, w in shares)
+        # The same mean prefill the tier's utilization limit was derived with, so that a GPU
+        # at its limit is predicted exactly at the TTFT SLO.
+        prefill_s = self.mean_prompt_tokens / cap.prefill_tokens_per_s
+        # Batch that delivers the decode rate in the time prefill leaves free.
+        needed = decode_rate / max(1e-9, 1.0 - min(prefill_busy, 0.999))
+        low, high = 0.0, cap.batch
+        if needed >= cap.batch / (cap.step_ms / 1e3):
+            batch = cap.batch
+        else:
+            for _ in range(50):
+                mid = 0.5 * (low + high)
+                throughput = mid / (profile.decode_ms(tier, max(mid, 1.0)) / 1e3)
+                low, high = (mid, high) if throughput < needed else (low, mid)
+            batch = high
+        step = profile.decode_ms(tier, max(batch, 1.0))
+        tpot = step / max(1e-9, 1.0 - min(prefill_busy, 0.999))
+        quantile = self.config.slo.percentile / 100.0
+        ttft = 1e3 * (prefill_s + _waiting_quantile_s(util, prefill_s, quantile)) + step
+        return LatencyPrediction(util, tpot, ttft)

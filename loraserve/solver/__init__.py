@@ -1,0 +1,7 @@
+"""Placement algorithms: greedy, MILP (HiGHS), lower bounds, one :func:`solve` entry point."""
+
+from loraserve.solver.api import SOLVERS, solve
+from loraserve.solver.bounds import lower_bound
+from loraserve.solver.instance import InfeasibleError, Instance
+
+__all__ = ["SOLVERS", "InfeasibleError", "Instance", "lower_bound", "solve"]

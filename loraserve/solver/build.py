@@ -1,0 +1,48 @@
+"""Turn an assignment (GPUs with traffic shares) into a normalised PlacementPlan."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from loraserve.models import GPUPlacement, PlacementPlan
+from loraserve.solver.greedy import OpenGPU
+from loraserve.solver.instance import EPS, Instance
+
+
+def build_plan(inst: Instance, gpus: list[OpenGPU]) -> PlacementPlan:
+    """Name GPUs ``<type>-<i>``, attach predictions and routes, and normalise."""
+    config, model = inst.config, inst.cost_model
+    adapters = config.adapters
+    counters: dict[str, int] = defaultdict(int)
+    placements: list[GPUPlacement] = []
+    routes: dict[str, dict[str, float]] = {a.id: {} for a in adapters}
+    ordered = sorted(gpus, key=lambda g: (inst.kinds[g.kind].gpu_type, -inst.kinds[g.kind].tier,
+                                          -g.load))
+    for gpu in ordered:
+        kind = inst.kinds[gpu.kind]
+        gpu_id = f"{kind.gpu_type}-{counters[kind.gpu_type]}"
+        counters[kind.gpu_type] += 1
+        shares = [(adapters[a], w) for a, w in gpu.shares.items()]
+        prediction = model.predict(kind.gpu_type, kind.tier, shares)
+        hosted = [adapters[a].id for a in gpu.shares]
+        placements.append(GPUPlacement(
+            gpu_id=gpu_id, gpu_type=kind.gpu_type, tier=kind.tier, adapters=hosted,
+            utilization=round(prediction.utilization, 6),
+            predicted_tpot_ms=round(prediction.tpot_ms, 3),
+            predicted_ttft_ms=round(prediction.ttft_ms, 3),
+            adapter_memory_gib=round(sum(inst.bytes[a] for a in gpu.shares) / 2**30, 4),
+        ))
+        for a, share in gpu.shares.items():
+            if share > EPS:
+                routes[adapters[a].id][gpu_id] = share
+    for adapter_id, split in routes.items():
+        total = sum(split.values())
+        # Solvers return shares to within their tolerance; routing weights must sum to 1.
+        routes[adapter_id] = {g: w / total for g, w in split.items()} if total > 0 else split
+    plan = PlacementPlan(base_model=config.base_model.name, gpus=placements, routes=routes)
+    return plan.normalized()
+
+
+def plan_cost(inst: Instance, gpus: list[OpenGPU]) -> float:
+    """Objective value of an assignment: GPUs, or cost per hour when prices differ."""
+    return float(sum(inst.kinds[g.kind].unit_cost for g in gpus))

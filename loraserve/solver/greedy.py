@@ -1,0 +1,281 @@
+"""Constructive placement: top-down fill by rank, then tier lowering and GPU elimination.
+
+Adapters are placed highest rank first and, within a rank, hottest first. Each adapter goes
+to an open GPU whose tier admits it, preferring the lowest such tier (less padding) and the
+tightest fit; when none can take all of its remaining traffic it fills the roomiest one and
+splits, or opens a GPU of the most cost-effective kind at its own rank. Slots, adapter cache
+bytes, replicas and pool sizes are respected throughout. Afterwards every GPU drops to the
+lowest usable tier that admits what it hosts, and lightly loaded GPUs are emptied into the
+others where everything still fits.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from loraserve.solver.instance import EPS, Instance, InfeasibleError
+
+logger = logging.getLogger(__name__)
+
+#: A split onto an open GPU is taken only if it carries at least this share of what remains;
+#: smaller splits cost a slot for little traffic.
+MIN_SPLIT = 0.1
+
+
+@dataclass
+class OpenGPU:
+    """A GPU in a partial plan: its kind, load and traffic shares per adapter."""
+
+    kind: int
+    load: float = 0.0
+    bytes: float = 0.0
+    shares: dict[int, float] = field(default_factory=dict)
+
+
+class _State:
+    def __init__(self, inst: Instance, gpus: list[OpenGPU] | None = None) -> None:
+        self.inst = inst
+        self.gpus: list[OpenGPU] = gpus if gpus is not None else []
+        self.pool_left = {p.gpu_type: p.count for p in inst.config.pools}
+        self.hosts: dict[int, set[int]] = {}
+        for g, gpu in enumerate(self.gpus):
+            self.pool_left[inst.kinds[gpu.kind].gpu_type] -= 1
+            for a in gpu.shares:
+                self.hosts.setdefault(a, set()).add(g)
+
+    def free(self, g: int) -> float:
+        gpu = self.gpus[g]
+        return self.inst.kinds[gpu.kind].capacity - gpu.load
+
+    def can_host(self, a: int, g: int) -> bool:
+        inst, gpu = self.inst, self.gpus[g]
+        if not inst.allowed(a, gpu.kind):
+            return False
+        if a in gpu.shares:
+            return True
+        return (len(gpu.shares) < inst.slots
+                and gpu.bytes + inst.bytes[a] <= inst.cache_bytes
+                and len(self.hosts.get(a, ())) < inst.max_replicas)
+
+    def add(self, a: int, g: int, share: float) -> None:
+        gpu = self.gpus[g]
+        if a not in gpu.shares:
+            gpu.shares[a] = 0.0
+            gpu.bytes += self.inst.bytes[a]
+            self.hosts.setdefault(a, set()).add(g)
+        gpu.shares[a] += share
+        gpu.load += share * self.inst.load[a, gpu.kind]
+
+    def open(self, a: int) -> int | None:
+        """Open the kind that serves ``a``'s work cheapest per unit of capacity."""
+        inst = self.inst
+        best: tuple[float, int, int] | None = None
+        for kind in inst.kinds:
+            if not inst.allowed(a, kind.index) or self.pool_left[kind.gpu_type] <= 0:
+                continue
+            score = kind.unit_cost * inst.share_load(a, kind.index)
+            key = (score, kind.tier, kind.index)
+            if best is None or key < best:
+                best = key
+        if best is None:
+            return None
+        kind_index = best[2]
+        self.pool_left[inst.kinds[kind_index].gpu_type] -= 1
+        self.gpus.append(OpenGPU(kind=kind_index))
+        return len(self.gpus) - 1
+
+    def place(self, a: int, remaining: float, allow_open: bool) -> float:
+        """Place ``remaining`` of ``a``'s traffic; return what could not be placed."""
+        inst = self.inst
+        while remaining > EPS:
+            candidates = [g for g in range(len(self.gpus))
+                          if self.free(g) > EPS and self.can_host(a, g)]
+            whole = [g for g in candidates
+                     if remaining * inst.load[a, self.gpus[g].kind] <= self.free(g) + EPS]
+            if whole:
+                g = min(whole, key=lambda g: (
+                    a not in self.gpus[g].shares,
+                    inst.kinds[self.gpus[g].kind].tier,
+                    self.free(g) - remaining * inst.load[a, self.gpus[g].kind],
+                ))
+                self.add(a, g, remaining)
+                return 0.0
+            replicas_left = inst.max_replicas - len(self.hosts.get(a, ()))
+            roomiest = max(candidates, default=None,
+                           key=lambda g: self.free(g) / inst.load[a, self.gpus[g].kind])
+            if roomiest is not None:
+                fits = self.free(roomiest) / inst.load[a, self.gpus[roomiest].kind]
+                existing = a in self.gpus[roomiest].shares
+                worth = fits >= MIN_SPLIT * remaining or existing or not allow_open
+                if worth and (replicas_left > 1 or existing):
+                    share = min(remaining, fits)
+                    self.add(a, roomiest, share)
+                    remaining -= share
+                    continue
+            if not allow_open or replicas_left <= 0:
+                return remaining
+            g_new = self.open(a)
+            if g_new is None:
+                return remaining
+            fits = self.free(g_new) / inst.load[a, self.gpus[g_new].kind]
+            share = min(remaining, fits)
+            self.add(a, g_new, share)
+            remaining -= share
+        return 0.0
+
+
+def _lower_tiers(state: _State) -> None:
+    inst = state.inst
+    for gpu in state.gpus:
+        top = max(int(inst.ranks[a]) for a in gpu.shares)
+        current = inst.kinds[gpu.kind]
+        options = [k for k in inst.kinds
+                   if k.gpu_type == current.gpu_type and top <= k.tier < current.tier]
+        for kind in sorted(options, key=lambda k: k.tier):
+            load = sum(w * inst.load[a, kind.index] for a, w in gpu.shares.items())
+            if load <= kind.capacity + EPS:
+                gpu.kind, gpu.load = kind.index, load
+                break
+
+
+def _eliminate(state: _State, max_passes: int = 3) -> _State:
+    """Empty lightly loaded GPUs into the others when everything still fits."""
+    for _ in range(max_passes):
+        improved = False
+        order = sorted(range(len(state.gpus)),
+                       key=lambda g: state.gpus[g].load / state.inst.kinds[state.gpus[g].kind].capacity)
+        for victim in order:
+            snapshot = [OpenGPU(g.kind, g.load, g.bytes, dict(g.shares)) for g in state.gpus]
+            gone = state.gpus[victim]
+            trial = _State(state.inst, [g for i, g in enumerate(snapshot) if i != victim])
+            ok = True
+            for a, share in sorted(gone.shares.items(), key=lambda kv: -state.inst.ranks[kv[0]]):
+                if trial.place(a, share, allow_open=False) > EPS:
+                    ok = False
+                    break
+            if ok:
+                state = _State(state.inst, trial.gpus)
+                improved = True
+                break
+        if not improved:
+            break
+    return state
+
+
+def _pack_spread(state: _State, members: list[int], gpus: list[int]) -> bool:
+    """Worst-fit with splitting: each adapter goes to the roomiest GPU with a free slot.
+
+    Spreading (rather than filling GPUs one by one) keeps capacity next to free slots, so
+    the long tail of cold adapters finds room after the hot ones are placed.
+    """
+    inst = state.inst
+    for a in members:
+        remaining = 1.0
+        while remaining > EPS:
+            options = [g for g in gpus if self_free(state, g, a) > EPS and state.can_host(a, g)]
+            if not options:
+                return False
+            g = max(options, key=lambda g: (self_free(state, g, a), -g))
+            fits = self_free(state, g, a)
+            if fits < remaining and len(state.hosts.get(a, ())) + 1 >= inst.max_replicas \
+                    and a not in state.gpus[g].shares:
+                return False
+            share = min(remaining, fits)
+            state.add(a, g, share)
+            remaining -= share
+    return True
+
+
+def self_free(state: _State, g: int, a: int) -> float:
+    """Share of adapter ``a``'s traffic that still fits on GPU ``g``."""
+    load = state.inst.load[a, state.gpus[g].kind]
+    return state.free(g) / load if load > 0 else (math.inf if state.free(g) > EPS else 0.0)
+
+
+def _budgeted(inst: Instance) -> _State:
+    """Open GPUs per rank group, highest rank first, as few as packing by spreading allows.
+
+    Each group first gets the group's own lower bound on new GPUs (its load and its slot
+    count, net of what earlier, higher-tier GPUs have left), then one more at a time until
+    spreading packs it.
+    """
+    state = _State(inst)
+    best_load = np.where(np.isfinite(inst.load), inst.load, -np.inf).max(axis=1)
+    for rank in sorted({int(r) for r in inst.ranks}, reverse=True):
+        members = sorted((a for a in range(inst.num_adapters) if inst.ranks[a] == rank),
+                         key=lambda a: (-best_load[a], a))
+        kinds = [k for k in inst.kinds if k.tier >= rank]
+        kind = min(kinds, key=lambda k: (k.unit_cost / k.capacity * float(
+            sum(inst.load[a, k.index] for a in members)), k.tier))
+        old = [g for g in range(len(state.gpus)) if inst.allowed(members[0], state.gpus[g].kind)]
+        spare_slots = sum(inst.slots - len(state.gpus[g].shares) for g in old)
+        spare_load = sum(max(0.0, state.free(g)) for g in old)
+        need_load = sum(inst.load[a, kind.index] for a in members) / kind.capacity
+        start = max(0, math.ceil(need_load - spare_load - 1e-9),
+                    math.ceil((len(members) - spare_slots) / inst.slots))
+        for extra in range(start, start + inst.num_adapters + 1):
+            if extra > state.pool_left[kind.gpu_type]:
+                raise InfeasibleError(f"the {kind.gpu_type} pool ran out at rank {rank}", "pool")
+            trial = _State(inst, [OpenGPU(g.kind, g.load, g.bytes, dict(g.shares))
+                                  for g in state.gpus])
+            trial.gpus += [OpenGPU(kind=kind.index) for _ in range(extra)]
+            trial.pool_left[kind.gpu_type] -= extra
+            new = list(range(len(state.gpus), len(trial.gpus)))
+            if _pack_spread(trial, members, new + old):
+                state = trial
+                break
+    return state
+
+
+def greedy_placement(inst: Instance, improve: bool = True) -> list[OpenGPU]:
+    """Place every adapter; return the open GPUs.
+
+    Two constructions run, top-down fill and budgeted spreading; each is improved by tier
+    lowering and GPU elimination, and the cheaper result is kept.
+
+    Raises
+    ------
+    InfeasibleError
+        When the pools run out before every adapter is placed.
+    """
+    inst.adapter_checks()
+    candidates: list[_State] = []
+    try:
+        candidates.append(_fill(inst))
+    except InfeasibleError:
+        if improve is False:
+            raise
+    try:
+        candidates.append(_budgeted(inst))
+    except InfeasibleError:
+        pass
+    if not candidates:
+        raise InfeasibleError("the pools ran out before every adapter was placed", "pool")
+    results = []
+    for state in candidates:
+        if improve:
+            _lower_tiers(state)
+            state = _eliminate(state)
+            _lower_tiers(state)
+        gpus = [g for g in state.gpus if g.shares]
+        results.append((sum(inst.kinds[g.kind].unit_cost for g in gpus), len(results), gpus))
+    return min(results)[2]
+
+
+def _fill(inst: Instance) -> _State:
+    """Top-down fill: highest rank first, hottest first, tightest fit, split when needed."""
+    state = _State(inst)
+    best_load = np.where(np.isfinite(inst.load), inst.load, -np.inf).max(axis=1)
+    order = sorted(range(inst.num_adapters), key=lambda a: (-inst.ranks[a], -best_load[a], a))
+    for a in order:
+        left = state.place(a, 1.0, allow_open=True)
+        if left > EPS:
+            raise InfeasibleError(
+                f"the pools ran out while placing adapter '{inst.config.adapters[a].id}'",
+                "pool",
+            )
+    return state
