@@ -399,7 +399,8 @@ def config_from_mapping(
         With a one-line message naming the field.
     """
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{source}: the document must be a mapping of fields, not {type(raw).__name__}")
+        kind = type(raw).__name__
+        raise ConfigError(f"{source}: the document must be a mapping of fields, not {kind}")
     base_dir = base_dir or Path.cwd()
     data = dict(raw)
     try:

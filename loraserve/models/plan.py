@@ -306,16 +306,16 @@ def _verify(plan: PlacementPlan, config: Config, model: CostModel) -> list[Viola
                 problems.append(Violation(constraint="routing", subject=adapter_id,
                                           message=f"negative weight {weight} on {gpu_id}",
                                           excess=-weight))
-            gpu = gpus.get(gpu_id)
-            if gpu is None:
+            target = gpus.get(gpu_id)
+            if target is None:
                 problems.append(Violation(constraint="routing", subject=adapter_id,
                                           message=f"routed to unknown GPU {gpu_id}"))
                 continue
             if adapter_id not in hosted_on[gpu_id] and weight > TOLERANCE:
                 problems.append(Violation(constraint="routing", subject=adapter_id,
                                           message=f"routed to {gpu_id}, which does not host it"))
-            if gpu.gpu_type in pools and model.has(gpu.gpu_type, gpu.tier):
-                load[gpu_id] += weight * model.adapter_load(adapter, gpu.gpu_type, gpu.tier)
+            if target.gpu_type in pools and model.has(target.gpu_type, target.tier):
+                load[gpu_id] += weight * model.adapter_load(adapter, target.gpu_type, target.tier)
         replicas = sum(1 for g in plan.gpus if adapter_id in hosted_on[g.gpu_id])
         if replicas > limits.max_replicas:
             problems.append(Violation(constraint="replicas", subject=adapter_id,

@@ -42,7 +42,8 @@ def synthetic_adapters(
     """
     rng = np.random.default_rng(seed)
     mix = dict(rank_mix or DEFAULT_RANK_MIX)
-    ranks = rng.choice(list(mix), size=n_adapters, p=np.array(list(mix.values())) / sum(mix.values()))
+    probabilities = np.array(list(mix.values())) / sum(mix.values())
+    ranks = rng.choice(list(mix), size=n_adapters, p=probabilities)
     weights = np.arange(1, n_adapters + 1, dtype=float) ** -zipf_s
     weights = rng.permutation(weights)
     rates = total_rate * weights / weights.sum()

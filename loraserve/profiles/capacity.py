@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from loraserve.models import Adapter, Config
 from loraserve.models.config import GiB
@@ -156,8 +157,10 @@ class CostModel:
                                 reason=f"the {gpu_type} profile has no tier {tier}")
         buffer_bytes = limits.max_loras * base.adapter_bytes(tier, profile.lora_target_modules)
         usable_bytes = pool.memory_gib * limits.gpu_memory_utilization * GiB
-        kv_bytes = usable_bytes - base.weight_bytes - buffer_bytes - limits.runtime_overhead_gib * GiB
-        common = {"lora_buffer_bytes": float(buffer_bytes), "kv_cache_bytes": float(kv_bytes)}
+        overhead = limits.runtime_overhead_gib * GiB
+        kv_bytes = usable_bytes - base.weight_bytes - buffer_bytes - overhead
+        common: dict[str, Any] = {"lora_buffer_bytes": float(buffer_bytes),
+                                  "kv_cache_bytes": float(kv_bytes)}
         if kv_bytes < limits.min_kv_cache_gib * GiB:
             return TierCapacity(
                 gpu_type, tier, usable=False,

@@ -18,6 +18,7 @@ The format is stable: later versions add optional fields only.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from typing import Literal
 
@@ -84,8 +85,9 @@ class Profile(BaseModel):
 
     @model_validator(mode="after")
     def _grids_match(self) -> Profile:
-        for name, grid in (("batch_sizes", self.batch_sizes), ("prefill_tokens", self.prefill_tokens)):
-            if any(b <= a for a, b in zip(grid, grid[1:], strict=False)) or grid[0] < 1:
+        grids = (("batch_sizes", self.batch_sizes), ("prefill_tokens", self.prefill_tokens))
+        for name, grid in grids:
+            if any(b <= a for a, b in pairwise(grid)) or grid[0] < 1:
                 raise ValueError(f"{name} must be positive and strictly increasing")
         for tier, table in self.tiers.items():
             if len(table.decode_ms) != len(self.batch_sizes):

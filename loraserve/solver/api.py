@@ -112,9 +112,11 @@ def solve(
     )
     if use_milp and not proven:
         name = "milp"
-        remaining = deadline - time.perf_counter()
         milp = PlacementMILP(inst, upper_bound=upper, lower_bound=best_bound)
         remaining = deadline - time.perf_counter()
+        if remaining < 0.5:
+            logger.warning("building the MILP used the time limit (%d pairs); keeping the "
+                           "greedy plan", len(milp.pairs))
         outcome = milp.solve(time_limit=max(0.5, remaining), start=incumbent, seed=seed,
                              threads=threads, integral=inst.uniform_cost)
         logger.info("milp: %d variables, bound %.3f, optimal=%s", outcome.variables,

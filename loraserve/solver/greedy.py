@@ -11,13 +11,14 @@ others where everything still fits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from loraserve.solver.instance import EPS, Instance, InfeasibleError
+from loraserve.solver.instance import EPS, InfeasibleError, Instance
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +147,9 @@ def _eliminate(state: _State, max_passes: int = 3) -> _State:
     """Empty lightly loaded GPUs into the others when everything still fits."""
     for _ in range(max_passes):
         improved = False
+        kinds = state.inst.kinds
         order = sorted(range(len(state.gpus)),
-                       key=lambda g: state.gpus[g].load / state.inst.kinds[state.gpus[g].kind].capacity)
+                       key=lambda g: state.gpus[g].load / kinds[state.gpus[g].kind].capacity)
         for victim in order:
             snapshot = [OpenGPU(g.kind, g.load, g.bytes, dict(g.shares)) for g in state.gpus]
             gone = state.gpus[victim]
@@ -249,13 +251,11 @@ def greedy_placement(inst: Instance, improve: bool = True) -> list[OpenGPU]:
     except InfeasibleError:
         if improve is False:
             raise
-    try:
+    with contextlib.suppress(InfeasibleError):
         candidates.append(_budgeted(inst))
-    except InfeasibleError:
-        pass
     if not candidates:
         raise InfeasibleError("the pools ran out before every adapter was placed", "pool")
-    results = []
+    results: list[tuple[float, int, list[OpenGPU]]] = []
     for state in candidates:
         if improve:
             _lower_tiers(state)
