@@ -350,6 +350,8 @@ def _verify(plan: PlacementPlan, config: Config, model: CostModel) -> list[Viola
                                       f"GiB; serving.adapter_cache_gib is "
                                       f"{cache_bytes / 2**30:g}",
                                       excess=(used_bytes - cache_bytes) / 2**30))
+        if gpu.tier not in limits.tiers:
+            continue  # reported above; the cost model prices configured tiers only
         if not model.has(gpu.gpu_type, gpu.tier):
             reason = model.capacity(gpu.gpu_type, gpu.tier).reason
             family = "memory" if reason.startswith("memory") else "tier"

@@ -146,6 +146,8 @@ def solve(
         # A solver bug, not a user error: say so loudly rather than hand out a bad plan.
         raise RuntimeError(f"{name} produced a plan that fails verify: {problems[0]}")
     proven = proven or upper <= best_bound + 1e-9
+    # Prices summed in floating point: keep the figures readable.
+    upper, best_bound = round(upper, 6), round(best_bound, 6)
     return SolveResult(
         status="optimal" if proven else "feasible",
         plan=plan,

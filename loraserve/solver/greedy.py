@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from loraserve.solver.instance import EPS, InfeasibleError, Instance
+from loraserve.solver.instance import EPS, InfeasibleError, Instance, Kind
 
 logger = logging.getLogger(__name__)
 
@@ -107,9 +107,9 @@ class _State:
                 return 0.0
             replicas_left = inst.max_replicas - len(self.hosts.get(a, ()))
             roomiest = max(candidates, default=None,
-                           key=lambda g: self.free(g) / inst.load[a, self.gpus[g].kind])
+                           key=lambda g: self_free(self, g, a))
             if roomiest is not None:
-                fits = self.free(roomiest) / inst.load[a, self.gpus[roomiest].kind]
+                fits = self_free(self, roomiest, a)
                 existing = a in self.gpus[roomiest].shares
                 worth = fits >= MIN_SPLIT * remaining or existing or not allow_open
                 if worth and (replicas_left > 1 or existing):
@@ -122,7 +122,7 @@ class _State:
             g_new = self.open(a)
             if g_new is None:
                 return remaining
-            fits = self.free(g_new) / inst.load[a, self.gpus[g_new].kind]
+            fits = self_free(self, g_new, a)
             share = min(remaining, fits)
             self.add(a, g_new, share)
             remaining -= share
@@ -198,6 +198,27 @@ def self_free(state: _State, g: int, a: int) -> float:
     return state.free(g) / load if load > 0 else (math.inf if state.free(g) > EPS else 0.0)
 
 
+def _open_and_spread(state: _State, kind: Kind, members: list[int], old: list[int],
+                     spare_slots: int, spare_load: float) -> _State | None:
+    """Open the fewest kind-``kind`` GPUs that let ``members`` pack by spreading, or None."""
+    inst = state.inst
+    need_load = sum(inst.load[a, kind.index] for a in members) / kind.capacity
+    start = max(0, math.ceil(need_load - spare_load - 1e-9),
+                math.ceil((len(members) - spare_slots) / inst.slots))
+    # Beyond one GPU per replica an adapter could need, more GPUs cannot help.
+    stop = min(state.pool_left[kind.gpu_type],
+               start + sum(max(1, inst.min_replicas(a)) for a in members))
+    for extra in range(start, stop + 1):
+        trial = _State(inst, [OpenGPU(g.kind, g.load, g.bytes, dict(g.shares))
+                              for g in state.gpus])
+        trial.gpus += [OpenGPU(kind=kind.index) for _ in range(extra)]
+        trial.pool_left[kind.gpu_type] -= extra
+        new = list(range(len(state.gpus), len(trial.gpus)))
+        if _pack_spread(trial, members, new + old):
+            return trial
+    return None
+
+
 def _budgeted(inst: Instance) -> _State:
     """Open GPUs per rank group, highest rank first, as few as packing by spreading allows.
 
@@ -211,25 +232,21 @@ def _budgeted(inst: Instance) -> _State:
         members = sorted((a for a in range(inst.num_adapters) if inst.ranks[a] == rank),
                          key=lambda a: (-best_load[a], a))
         kinds = [k for k in inst.kinds if k.tier >= rank]
-        kind = min(kinds, key=lambda k: (k.unit_cost / k.capacity * float(
+        # Cheapest kind for the group's work first; a kind the replica cap rules out for a
+        # hot adapter fails to pack and the next one is tried.
+        kinds.sort(key=lambda k: (k.unit_cost / k.capacity * float(
             sum(inst.load[a, k.index] for a in members)), k.tier))
         old = [g for g in range(len(state.gpus)) if inst.allowed(members[0], state.gpus[g].kind)]
         spare_slots = sum(inst.slots - len(state.gpus[g].shares) for g in old)
         spare_load = sum(max(0.0, state.free(g)) for g in old)
-        need_load = sum(inst.load[a, kind.index] for a in members) / kind.capacity
-        start = max(0, math.ceil(need_load - spare_load - 1e-9),
-                    math.ceil((len(members) - spare_slots) / inst.slots))
-        for extra in range(start, start + inst.num_adapters + 1):
-            if extra > state.pool_left[kind.gpu_type]:
-                raise InfeasibleError(f"the {kind.gpu_type} pool ran out at rank {rank}", "pool")
-            trial = _State(inst, [OpenGPU(g.kind, g.load, g.bytes, dict(g.shares))
-                                  for g in state.gpus])
-            trial.gpus += [OpenGPU(kind=kind.index) for _ in range(extra)]
-            trial.pool_left[kind.gpu_type] -= extra
-            new = list(range(len(state.gpus), len(trial.gpus)))
-            if _pack_spread(trial, members, new + old):
-                state = trial
+        packed = None
+        for kind in kinds:
+            packed = _open_and_spread(state, kind, members, old, spare_slots, spare_load)
+            if packed is not None:
                 break
+        if packed is None:
+            raise InfeasibleError(f"no GPU count packs the rank-{rank} adapters", "pool")
+        state = packed
     return state
 
 

@@ -190,7 +190,7 @@ def test_non_mapping_document() -> None:
 
 
 def test_missing_profile_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="profiles: file .* not found"):
+    with pytest.raises(ConfigError, match=r"profiles: file .* not found"):
         config_from_mapping(base_raw(profiles=["nope.yaml"]), base_dir=tmp_path)
 
 
@@ -291,6 +291,33 @@ def test_bad_config_api_raises_config_error(text: str | None, needle: str, tmp_p
         path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError) as info:
         load_config(path)
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("raw", "needle"), [
+    pytest.param(base_raw(adapter_defaults={"prompt_tokens": -1}),
+                 "test: adapter_defaults.prompt_tokens:", id="bad-default"),
+    pytest.param(base_raw(adapter_defaults={"prompt_token": 5}),
+                 "adapter_defaults.prompt_token: is not a known field", id="default-typo"),
+    pytest.param(base_raw([{"id": "a", "rank": 8, "request_rate": 1, "target_modules": ["qq"]}]),
+                 "adapters[0].target_modules[0] (id 'a')", id="bad-module"),
+    pytest.param(base_raw([{"id": "a", "rank": 8, "request_rate": 1,
+                            "target_modules": ["q_proj", "q_proj"]}]),
+                 "lists a module twice", id="module-twice"),
+    pytest.param(base_raw(pools=[{"gpu_type": "H100-80GB", "count": 1, "memory_gib": 80}] * 2),
+                 "pools: a gpu_type appears twice", id="pool-twice"),
+    pytest.param(base_raw(serving={"tiers": []}), "serving.tiers: tiers is empty",
+                 id="no-tiers"),
+    pytest.param(base_raw(slo={"ttft_ms": 1, "tpot_ms": 1, "percentile": 100}),
+                 "slo.percentile", id="percentile-100"),
+    pytest.param(base_raw(adapters_csv=5), "adapters_csv: give a file path", id="csv-not-str"),
+    pytest.param(base_raw([{"id": "bad id", "rank": 8, "request_rate": 1}]),
+                 "adapters[0].id", id="id-pattern"),
+])
+def test_config_errors_name_the_field(raw: dict[str, object], needle: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_mapping(raw, source="test")
     assert needle in str(info.value)
     assert "\n" not in str(info.value)
 

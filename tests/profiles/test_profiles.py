@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def test_find_profile_unknown_gpu() -> None:
 def test_bad_profile_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("gpu_type: H100-80GB\nbase_model: x\nsource: guessed\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="bad.yaml"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml"):
         Profile.load(path)
     with pytest.raises(ConfigError, match="not found"):
         load_profile(tmp_path / "missing.yaml")
@@ -81,7 +82,7 @@ def test_bad_profile_file(tmp_path: Path) -> None:
 def test_profile_grid_validation(h100_llama3: Profile) -> None:
     data = h100_llama3.model_dump()
     with pytest.raises(ValueError, match="strictly increasing"):
-        Profile.model_validate(data | {"batch_sizes": (1, 1) + data["batch_sizes"][2:]})
+        Profile.model_validate(data | {"batch_sizes": (1, 1, *data["batch_sizes"][2:])})
     short = dict(data["tiers"])
     short[8] = {"decode_ms": (1.0, 2.0), "prefill_ms": data["tiers"][8]["prefill_ms"]}
     with pytest.raises(ValueError, match="decode_ms has 2 values"):
@@ -104,10 +105,10 @@ def test_interpolation_exact_on_grid(h100_llama3: Profile, tier: int) -> None:
 def test_interpolation_monotone(h100_llama3: Profile, tier: int) -> None:
     batches = np.linspace(0.25, 2 * h100_llama3.batch_sizes[-1], 997)
     decode = [h100_llama3.decode_ms(tier, float(b)) for b in batches]
-    assert all(b >= a for a, b in zip(decode, decode[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(decode))
     tokens = np.linspace(1.0, 2 * h100_llama3.prefill_tokens[-1], 997)
     prefill = [h100_llama3.prefill_ms(tier, float(t)) for t in tokens]
-    assert all(b >= a for a, b in zip(prefill, prefill[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(prefill))
 
 
 def test_interpolation_between_and_beyond_grid(h100_llama3: Profile) -> None:
@@ -141,7 +142,7 @@ def test_request_seconds_non_decreasing_with_tier() -> None:
     model = CostModel.from_config(config)
     assert all(model.has(GPU, t) for t in ALL_TIERS)
     seconds = [model.request_seconds(RANK8, GPU, t) for t in ALL_TIERS]
-    assert all(b >= a for a, b in zip(seconds, seconds[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(seconds))
     assert seconds[-1] > seconds[0]
     # Load is rate times per-request cost.
     fast = RANK8.model_copy(update={"request_rate": 3.0})

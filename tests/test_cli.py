@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loraserve import PlacementPlan, load_config
+from loraserve.cli import build_parser, main
+from tests.conftest import QUICKSTART, adapter, base_raw, rate_for_load
+
+
+@pytest.fixture(scope="module")
+def quickstart_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "plan.yaml"
+    assert main(["plan", str(QUICKSTART), "-o", str(path), "--solver", "greedy",
+                 "--time-limit", "20"]) == 0
+    return path
+
+
+def write_config(tmp_path: Path, raw: dict[str, object], name: str = "c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return path
+
+
+def test_plan_writes_verifiable_file(quickstart_plan: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert quickstart_plan.is_file()
+    plan = PlacementPlan.load(quickstart_plan)
+    config = load_config(QUICKSTART)
+    assert plan.verify(config) == []
+    assert set(plan.routes) == {a.id for a in config.adapters}
+    assert main(["verify", str(QUICKSTART), str(quickstart_plan)]) == 0
+    out = capsys.readouterr().out
+    assert f"valid for {QUICKSTART}" in out
+    assert f"({plan.num_gpus} GPUs)" in out
+
+
+def test_plan_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_file = tmp_path / "p.yaml"
+    assert main(["plan", str(QUICKSTART), "--solver", "greedy", "-o", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["gpu_type", "tier", "gpus", "adapters", "mean",
+                                           "util", "max", "util"]
+    assert "status " in out
+    assert "solver greedy" in out
+    assert f"plan written to {out_file}" in out
+    plan = PlacementPlan.load(out_file)
+    total = next(line for line in out.splitlines() if line.startswith("total"))
+    assert total.split()[1] == str(plan.num_gpus)
+
+
+def test_corrupted_weights_fail_verify(quickstart_plan: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    raw = yaml.safe_load(quickstart_plan.read_text(encoding="utf-8"))
+    victim = sorted(raw["routes"])[0]
+    raw["routes"][victim] = {g: w * 0.25 for g, w in raw["routes"][victim].items()}
+    bad = tmp_path / "bad-plan.yaml"
+    bad.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["verify", str(QUICKSTART), str(bad)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == f"{bad}: 1 violation(s)"
+    assert lines[0].startswith(f"routing: {victim}: routing weights sum to 0.250000")
+
+
+def test_verify_against_other_config_fails(quickstart_plan: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    doubled = load_config(QUICKSTART).scaled(2.0)
+    path = tmp_path / "hot.yaml"
+    path.write_text(doubled.to_yaml(), encoding="utf-8")
+    assert main(["verify", str(path), str(quickstart_plan)]) == 1
+    out = capsys.readouterr().out
+    assert "compute: " in out
+
+
+def test_verify_missing_plan_is_usage_error(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["verify", str(QUICKSTART), str(tmp_path / "none.yaml")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("error: ")
+    assert "none.yaml: file not found" in err[0]
+
+
+def test_verify_malformed_plan_is_usage_error(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "plan.yaml"
+    bad.write_text("base_model: llama-3-8b\ngpus: [{gpu_id: x}]\n", encoding="utf-8")
+    assert main(["verify", str(QUICKSTART), str(bad)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert "gpus[0].gpu_type: is required" in err[0]
+
+
+def test_verify_plan_with_foreign_tier(quickstart_plan: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    raw = yaml.safe_load(quickstart_plan.read_text(encoding="utf-8"))
+    raw["gpus"][0]["tier"] = 512
+    bad = tmp_path / "tier.yaml"
+    bad.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    assert main(["verify", str(QUICKSTART), str(bad)]) == 1
+    assert "tier 512 is not in serving.tiers" in capsys.readouterr().out
+
+
+def test_schema_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert "adapters" in schema["properties"]
+    assert {"base_model", "slo", "pools", "adapters"} <= set(schema["required"])
+
+
+def test_schema_to_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "schema.json"
+    assert main(["schema", "-o", str(path)]) == 0
+    assert capsys.readouterr().out == ""
+    schema = json.loads(path.read_text(encoding="utf-8"))
+    assert "adapters" in schema["properties"]
+    assert "serving" in schema["properties"]
+
+
+def test_infeasible_plan_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rate = rate_for_load(0.4)
+    raw = base_raw([adapter(f"s{i}", 8, rate) for i in range(6)], count=2)
+    path = write_config(tmp_path, raw)
+    out_file = tmp_path / "never.yaml"
+    assert main(["plan", str(path), "--solver", "greedy", "-o", str(out_file)]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("infeasible:")
+    assert "short by 1" in lines[0]
+    assert not out_file.exists()
+
+
+def test_plan_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    raw = base_raw([{"id": "a", "rank": 12, "request_rate": 1.0}])
+    path = write_config(tmp_path, raw)
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1
+    assert "adapters[0].rank" in err[0]
+
+
+@pytest.mark.parametrize("argv", [
+    ["plan", str(QUICKSTART), "--time-limit", "-3"],
+    ["plan", str(QUICKSTART), "--solver", "magic"],
+    ["frobnicate"],
+    [],
+])
+def test_bad_arguments_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_parser_lists_subcommands() -> None:
+    help_text = build_parser().format_help()
+    for command in ("plan", "validate", "verify", "schema"):
+        assert command in help_text
