@@ -17,14 +17,6 @@ PROMPT_TOKENS = 1024.0
 OUTPUT_TOKENS = 256.0
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    # PuLP 3.3 deprecates LpVariable(...) in favour of prob.add_variable(...); the solver still
-    # uses the old form. Silence that one message so real warnings stay visible.
-    config.addinivalue_line(
-        "filterwarnings", "ignore:Constructing LpVariable:DeprecationWarning:pulp"
-    )
-
-
 def base_raw(
     adapters: list[dict[str, Any]] | None = None,
     serving: dict[str, Any] | None = None,

@@ -68,15 +68,15 @@ def tier_count_bound(
     ranks = sorted({int(r) for r in inst.ranks})
     tokens = _tokens_by_rank(inst)
     # n[k]: GPUs of kind k (integer).
-    n = {k.index: pulp.LpVariable(f"n_{k.index}", lowBound=0, cat="Integer") for k in kinds}
+    n = {k.index: model.add_variable(f"n_{k.index}", lowBound=0, cat="Integer") for k in kinds}
     # pf[r, k], dc[r, k]: prefill / decode token rate of rank-r adapters served on kind k.
     pf: dict[tuple[int, int], pulp.LpVariable] = {}
     dc: dict[tuple[int, int], pulp.LpVariable] = {}
     for r in ranks:
         for k in kinds:
             if k.tier >= r:
-                pf[r, k.index] = pulp.LpVariable(f"pf_{r}_{k.index}", lowBound=0)
-                dc[r, k.index] = pulp.LpVariable(f"dc_{r}_{k.index}", lowBound=0)
+                pf[r, k.index] = model.add_variable(f"pf_{r}_{k.index}", lowBound=0)
+                dc[r, k.index] = model.add_variable(f"dc_{r}_{k.index}", lowBound=0)
     model += pulp.lpSum(k.unit_cost * n[k.index] for k in kinds)
     if "load" in families:
         for r in ranks:

@@ -95,12 +95,13 @@ class PlacementMILP:
     # Variables -----------------------------------------------------------------------------
     def _variables(self) -> None:
         # use[g] = 1 when candidate GPU g is in the plan.
-        self.use = {g: pulp.LpVariable(f"use_{g}", cat="Binary")
+        self.use = {g: self.model.add_variable(f"use_{g}", cat="Binary")
                     for g in range(len(self.candidates))}
         # host[a, g] = 1 when GPU g keeps adapter a loaded (takes a slot and cache bytes).
-        self.host = {(a, g): pulp.LpVariable(f"host_{a}_{g}", cat="Binary") for a, g in self.pairs}
+        self.host = {(a, g): self.model.add_variable(f"host_{a}_{g}", cat="Binary")
+                     for a, g in self.pairs}
         # share[a, g]: fraction of adapter a's requests routed to GPU g.
-        self.share = {(a, g): pulp.LpVariable(f"share_{a}_{g}", lowBound=0, upBound=1)
+        self.share = {(a, g): self.model.add_variable(f"share_{a}_{g}", lowBound=0, upBound=1)
                       for a, g in self.pairs}
         self.by_adapter: dict[int, list[int]] = {}
         self.by_gpu: dict[int, list[int]] = {}
