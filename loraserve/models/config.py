@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 Rank = Literal[8, 16, 32, 64, 128, 256, 320, 512]
 ADMISSIBLE_RANKS: tuple[int, ...] = tuple(get_args(Rank))
 
-_GIB = 1024**3
+#: Bytes in a GiB.
+GiB = 1024**3
 
 
 class ConfigError(ValueError):
@@ -478,5 +479,3 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{path}: the file is empty; see examples/quickstart.yaml")
     return config_from_mapping(raw, base_dir=path.parent, source=str(path))
 
-
-GiB = _GIB

@@ -285,6 +285,7 @@ def _verify(plan: PlacementPlan, config: Config, model: CostModel) -> list[Viola
                                       excess=used - pools[gpu_type].count))
 
     hosted_on: dict[str, set[str]] = {g.gpu_id: set(g.adapters) for g in plan.gpus}
+    replicas_of = Counter(a for g in plan.gpus for a in set(g.adapters))
     load: dict[str, float] = dict.fromkeys(gpus, 0.0)
     for adapter_id in plan.routes:
         if adapter_id not in adapters:
@@ -316,7 +317,7 @@ def _verify(plan: PlacementPlan, config: Config, model: CostModel) -> list[Viola
                                           message=f"routed to {gpu_id}, which does not host it"))
             if target.gpu_type in pools and model.has(target.gpu_type, target.tier):
                 load[gpu_id] += weight * model.adapter_load(adapter, target.gpu_type, target.tier)
-        replicas = sum(1 for g in plan.gpus if adapter_id in hosted_on[g.gpu_id])
+        replicas = replicas_of[adapter_id]
         if replicas > limits.max_replicas:
             problems.append(Violation(constraint="replicas", subject=adapter_id,
                                       message=f"hosted on {replicas} GPUs; max_replicas is "

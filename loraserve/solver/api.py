@@ -11,8 +11,8 @@ from loraserve.models import Config, SolveResult
 from loraserve.profiles import CostModel
 from loraserve.solver._highs import quiet_banner
 from loraserve.solver.bounds import Bound, diagnose_infeasible, lower_bound
-from loraserve.solver.build import build_plan, plan_cost
-from loraserve.solver.greedy import OpenGPU, _lower_tiers, _State, greedy_placement
+from loraserve.solver.build import build_plan
+from loraserve.solver.greedy import OpenGPU, _lower_tiers, _State, greedy_placement, plan_cost
 from loraserve.solver.instance import InfeasibleError, Instance
 from loraserve.solver.milp import PlacementMILP
 
@@ -115,8 +115,8 @@ def solve(
         milp = PlacementMILP(inst, upper_bound=upper, lower_bound=best_bound)
         remaining = deadline - time.perf_counter()
         if remaining < 0.5:
-            logger.warning("building the MILP used the time limit (%d pairs); keeping the "
-                           "greedy plan", len(milp.pairs))
+            logger.warning("building the MILP used the time limit (%d pairs); HiGHS gets "
+                           "0.5 s to improve the greedy plan", len(milp.pairs))
         outcome = milp.solve(time_limit=max(0.5, remaining), start=incumbent, seed=seed,
                              threads=threads, integral=inst.uniform_cost)
         logger.info("milp: %d variables, bound %.3f, optimal=%s", outcome.variables,
@@ -132,9 +132,7 @@ def solve(
                 incumbent, upper = state.gpus, cost
         if math.isfinite(outcome.bound):
             best_bound = max(best_bound, _round_bound(inst, outcome.bound))
-        if outcome.proven_optimal and incumbent is not None:
-            best_bound = max(best_bound, _round_bound(inst, outcome.bound))
-            proven = True
+        proven = outcome.proven_optimal and incumbent is not None
     seconds = time.perf_counter() - started
     if incumbent is None:
         return SolveResult(status="unknown", lower_bound=best_bound, seconds=seconds,

@@ -113,7 +113,7 @@ def tier_count_bound(
         return Bound(value=math.inf, feasible=False, binding="", message=status, counts={})
     counts = {k: round(v.value() or 0.0) for k, v in n.items()}
     value = float(pulp.value(model.objective) or 0.0)
-    if status == "Optimal" and model.sol_status != 1:
+    if model.sol_status != 1:
         # Stopped at the time limit: fall back to HiGHS's dual bound, which is still valid.
         info = model.solverModel.getInfo()
         value = float(info.mip_dual_bound)
@@ -130,7 +130,9 @@ def lower_bound(inst: Instance, time_limit: float = 10.0) -> Bound:
     if not full.feasible:
         return full
     binding = "load"
-    for family in ("slots", "memory"):
+    # Without an adapter-cache limit the memory family adds no constraint: no probe needed.
+    probes = ("slots", "memory") if math.isfinite(inst.cache_bytes) else ("slots",)
+    for family in probes:
         reduced = tier_count_bound(
             inst, time_limit, frozenset({"load", "slots", "memory", "pool"} - {family})
         )

@@ -41,8 +41,3 @@ def build_plan(inst: Instance, gpus: list[OpenGPU]) -> PlacementPlan:
         routes[adapter_id] = {g: w / total for g, w in split.items()} if total > 0 else split
     plan = PlacementPlan(base_model=config.base_model.name, gpus=placements, routes=routes)
     return plan.normalized()
-
-
-def plan_cost(inst: Instance, gpus: list[OpenGPU]) -> float:
-    """Objective value of an assignment: GPUs, or cost per hour when prices differ."""
-    return float(sum(inst.kinds[g.kind].unit_cost for g in gpus))

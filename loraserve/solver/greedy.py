@@ -36,6 +36,15 @@ class OpenGPU:
     bytes: float = 0.0
     shares: dict[int, float] = field(default_factory=dict)
 
+    def copy(self) -> OpenGPU:
+        """An independent copy (trial moves must not touch the plan they start from)."""
+        return OpenGPU(self.kind, self.load, self.bytes, dict(self.shares))
+
+
+def plan_cost(inst: Instance, gpus: list[OpenGPU]) -> float:
+    """Objective value of an assignment: GPUs, or cost per hour when prices differ."""
+    return float(sum(inst.kinds[g.kind].unit_cost for g in gpus))
+
 
 class _State:
     def __init__(self, inst: Instance, gpus: list[OpenGPU] | None = None) -> None:
@@ -51,6 +60,11 @@ class _State:
     def free(self, g: int) -> float:
         gpu = self.gpus[g]
         return self.inst.kinds[gpu.kind].capacity - gpu.load
+
+    def room(self, g: int, a: int) -> float:
+        """Share of adapter ``a``'s traffic that still fits on GPU ``g``."""
+        load = self.inst.load[a, self.gpus[g].kind]
+        return self.free(g) / load if load > 0 else (math.inf if self.free(g) > EPS else 0.0)
 
     def can_host(self, a: int, g: int) -> bool:
         inst, gpu = self.inst, self.gpus[g]
@@ -107,9 +121,9 @@ class _State:
                 return 0.0
             replicas_left = inst.max_replicas - len(self.hosts.get(a, ()))
             roomiest = max(candidates, default=None,
-                           key=lambda g: self_free(self, g, a))
+                           key=lambda g: self.room(g, a))
             if roomiest is not None:
-                fits = self_free(self, roomiest, a)
+                fits = self.room(roomiest, a)
                 existing = a in self.gpus[roomiest].shares
                 worth = fits >= MIN_SPLIT * remaining or existing or not allow_open
                 if worth and (replicas_left > 1 or existing):
@@ -122,7 +136,7 @@ class _State:
             g_new = self.open(a)
             if g_new is None:
                 return remaining
-            fits = self_free(self, g_new, a)
+            fits = self.room(g_new, a)
             share = min(remaining, fits)
             self.add(a, g_new, share)
             remaining -= share
@@ -151,9 +165,9 @@ def _eliminate(state: _State, max_passes: int = 3) -> _State:
         order = sorted(range(len(state.gpus)),
                        key=lambda g: state.gpus[g].load / kinds[state.gpus[g].kind].capacity)
         for victim in order:
-            snapshot = [OpenGPU(g.kind, g.load, g.bytes, dict(g.shares)) for g in state.gpus]
             gone = state.gpus[victim]
-            trial = _State(state.inst, [g for i, g in enumerate(snapshot) if i != victim])
+            trial = _State(state.inst,
+                           [g.copy() for i, g in enumerate(state.gpus) if i != victim])
             ok = True
             for a, share in sorted(gone.shares.items(), key=lambda kv: -state.inst.ranks[kv[0]]):
                 if trial.place(a, share, allow_open=False) > EPS:
@@ -178,11 +192,11 @@ def _pack_spread(state: _State, members: list[int], gpus: list[int]) -> bool:
     for a in members:
         remaining = 1.0
         while remaining > EPS:
-            options = [g for g in gpus if self_free(state, g, a) > EPS and state.can_host(a, g)]
+            options = [g for g in gpus if state.room(g, a) > EPS and state.can_host(a, g)]
             if not options:
                 return False
-            g = max(options, key=lambda g: (self_free(state, g, a), -g))
-            fits = self_free(state, g, a)
+            g = max(options, key=lambda g: (state.room(g, a), -g))
+            fits = state.room(g, a)
             if fits < remaining and len(state.hosts.get(a, ())) + 1 >= inst.max_replicas \
                     and a not in state.gpus[g].shares:
                 return False
@@ -190,12 +204,6 @@ def _pack_spread(state: _State, members: list[int], gpus: list[int]) -> bool:
             state.add(a, g, share)
             remaining -= share
     return True
-
-
-def self_free(state: _State, g: int, a: int) -> float:
-    """Share of adapter ``a``'s traffic that still fits on GPU ``g``."""
-    load = state.inst.load[a, state.gpus[g].kind]
-    return state.free(g) / load if load > 0 else (math.inf if state.free(g) > EPS else 0.0)
 
 
 def _open_and_spread(state: _State, kind: Kind, members: list[int], old: list[int],
@@ -209,8 +217,7 @@ def _open_and_spread(state: _State, kind: Kind, members: list[int], old: list[in
     stop = min(state.pool_left[kind.gpu_type],
                start + sum(max(1, inst.min_replicas(a)) for a in members))
     for extra in range(start, stop + 1):
-        trial = _State(inst, [OpenGPU(g.kind, g.load, g.bytes, dict(g.shares))
-                              for g in state.gpus])
+        trial = _State(inst, [g.copy() for g in state.gpus])
         trial.gpus += [OpenGPU(kind=kind.index) for _ in range(extra)]
         trial.pool_left[kind.gpu_type] -= extra
         new = list(range(len(state.gpus), len(trial.gpus)))
@@ -263,13 +270,9 @@ def greedy_placement(inst: Instance, improve: bool = True) -> list[OpenGPU]:
     """
     inst.adapter_checks()
     candidates: list[_State] = []
-    try:
-        candidates.append(_fill(inst))
-    except InfeasibleError:
-        if improve is False:
-            raise
-    with contextlib.suppress(InfeasibleError):
-        candidates.append(_budgeted(inst))
+    for construct in (_fill, _budgeted):
+        with contextlib.suppress(InfeasibleError):
+            candidates.append(construct(inst))
     if not candidates:
         raise InfeasibleError("the pools ran out before every adapter was placed", "pool")
     results: list[tuple[float, int, list[OpenGPU]]] = []
@@ -279,7 +282,7 @@ def greedy_placement(inst: Instance, improve: bool = True) -> list[OpenGPU]:
             state = _eliminate(state)
             _lower_tiers(state)
         gpus = [g for g in state.gpus if g.shares]
-        results.append((sum(inst.kinds[g.kind].unit_cost for g in gpus), len(results), gpus))
+        results.append((plan_cost(inst, gpus), len(results), gpus))
     return min(results)[2]
 
 
