@@ -14,8 +14,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from loraserve.models import Config, ConfigError, PlacementPlan, SolveResult, load_config
+from loraserve.models import (
+    Config,
+    ConfigError,
+    PlacementPlan,
+    SolveResult,
+    load_config,
+    plan_migration,
+)
 from loraserve.solver import SOLVERS, solve
+from loraserve.solver.progress import Progress, ProgressCallback
 
 logger = logging.getLogger("loraserve")
 
@@ -38,6 +46,16 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
 
 
@@ -69,16 +87,52 @@ def format_result(result: SolveResult, config: Config) -> str:
     return "\n".join(lines)
 
 
+def _progress_printer(enabled: bool) -> ProgressCallback | None:
+    """A progress line on stderr: rewritten in place on a terminal, one per report in logs."""
+    if not enabled:
+        return None
+    tty = sys.stderr.isatty()
+
+    def show(report: Progress) -> None:
+        if tty:
+            sys.stderr.write(f"\r\x1b[K{report}")
+        else:
+            sys.stderr.write(f"{report}\n")
+        sys.stderr.flush()
+
+    return show
+
+
 def _cmd_plan(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    current = PlacementPlan.load(args.current) if args.current else None
+    if args.max_moves is not None and current is None:
+        raise ConfigError("--max-moves needs --current PLAN (the plan the moves start from)")
+    if args.migration and current is None:
+        raise ConfigError("--migration needs --current PLAN (the plan to migrate from)")
+    show = _progress_printer(args.progress or (sys.stderr.isatty() and not args.quiet))
     result = solve(config, solver=args.solver, time_limit=args.time_limit, seed=args.seed,
-                   threads=args.threads)
+                   threads=args.threads, current=current, max_moves=args.max_moves,
+                   progress=show)
+    if show is not None and sys.stderr.isatty():
+        sys.stderr.write("\r\x1b[K")
     if result.status == "infeasible":
         _out(f"infeasible: {result.message}")
         return EXIT_FAIL
     _out(format_result(result, config))
     if result.plan is None:
         return EXIT_FAIL
+    migration = None
+    if current is not None:
+        migration = plan_migration(current, result.plan, config)
+        summary = migration.summary()
+        _out("migration: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                                       for k, v in summary.items()))
+    # Write the migration first: a plan on disk without the steps that reach it is the
+    # state to avoid if the second write fails.
+    if migration is not None and args.migration:
+        migration.save(args.migration)
+        _out(f"migration written to {args.migration} ({len(migration.steps)} steps)")
     if args.output:
         result.plan.save(args.output)
         _out(f"plan written to {args.output}")
@@ -132,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--time-limit", type=_positive, default=30.0, help="seconds (default 30)")
     plan.add_argument("--seed", type=int, default=0)
     plan.add_argument("--threads", type=int, default=1)
+    plan.add_argument("--current", metavar="PLAN",
+                      help="re-plan from this running plan, moving as little as possible")
+    plan.add_argument("--max-moves", type=_count, metavar="N",
+                      help="with --current: at most N adapter loads")
+    plan.add_argument("--migration", metavar="FILE",
+                      help="with --current: write the make-before-break steps here")
+    plan.add_argument("--progress", action="store_true",
+                      help="print incumbent, bound and elapsed time while solving "
+                           "(default on a terminal)")
+    plan.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     plan.set_defaults(func=_cmd_plan)
 
     validate = sub.add_parser("validate", help="check a config and summarise it")

@@ -161,3 +161,66 @@ def test_parser_lists_subcommands() -> None:
     help_text = build_parser().format_help()
     for command in ("plan", "validate", "verify", "schema"):
         assert command in help_text
+
+
+# ---- re-planning from a running plan ---------------------------------------------------------
+
+
+def drifted_quickstart(tmp_path: Path, factor: float) -> Path:
+    raw = yaml.safe_load(QUICKSTART.read_text(encoding="utf-8"))
+    for entry in raw["adapters"][::10]:
+        entry["request_rate"] = entry["request_rate"] * factor
+    return write_config(tmp_path, raw, "drifted.yaml")
+
+
+def test_replan_writes_plan_and_migration(quickstart_plan: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from loraserve.models.migration import MigrationPlan
+
+    config_path = drifted_quickstart(tmp_path, 2.5)
+    out_plan, out_moves = tmp_path / "next.yaml", tmp_path / "moves.yaml"
+    assert main(["plan", str(config_path), "--current", str(quickstart_plan), "-o",
+                 str(out_plan), "--migration", str(out_moves), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "solver incremental" in out
+    assert "migration: " in out
+    new = PlacementPlan.load(out_plan)
+    assert new.verify(load_config(config_path)) == []
+    migration = MigrationPlan.load(out_moves)
+    old = PlacementPlan.load(quickstart_plan)
+    slots = load_config(config_path).serving.adapters_per_gpu
+    assert migration.replay(old, slots, new=new) == []
+    assert f"migration written to {out_moves}" in out
+
+
+def test_replan_move_cap_too_small_exits_1(quickstart_plan: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    config_path = drifted_quickstart(tmp_path, 3.0)
+    out_plan = tmp_path / "never.yaml"
+    code = main(["plan", str(config_path), "--current", str(quickstart_plan), "--max-moves",
+                 "0", "-o", str(out_plan)])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert out.startswith("infeasible: carrying the new rates needs")
+    assert not out_plan.exists()
+
+
+@pytest.mark.parametrize("extra", [["--max-moves", "3"], ["--migration", "m.yaml"]])
+def test_replan_options_need_current(extra: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(QUICKSTART), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --")
+    assert "--current" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_replan_missing_current_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(QUICKSTART), "--current", str(tmp_path / "nope.yaml")]) == 2
+    assert "file not found" in capsys.readouterr().err
+
+
+def test_progress_lines_on_request(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(QUICKSTART), "--progress", "--solver", "greedy"]) == 0
+    err = capsys.readouterr().err
+    assert "greedy: incumbent 14" in err
+    assert "bound 14" in err

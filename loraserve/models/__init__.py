@@ -13,6 +13,13 @@ from loraserve.models.config import (
     config_from_mapping,
     load_config,
 )
+from loraserve.models.migration import (
+    MigrationPlan,
+    MigrationStep,
+    migration_cost,
+    plan_migration,
+    relabel,
+)
 from loraserve.models.plan import GPUPlacement, PlacementPlan, SolveResult, Violation
 
 __all__ = [
@@ -27,6 +34,8 @@ __all__ = [
     "ConfigError",
     "GPUPlacement",
     "GPUPool",
+    "MigrationPlan",
+    "MigrationStep",
     "PlacementPlan",
     "ServingLimits",
     "SolveResult",
@@ -34,4 +43,7 @@ __all__ = [
     "Violation",
     "config_from_mapping",
     "load_config",
+    "migration_cost",
+    "plan_migration",
+    "relabel",
 ]

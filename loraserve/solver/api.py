@@ -7,22 +7,27 @@ import math
 import time
 from typing import Literal
 
-from loraserve.models import Config, SolveResult
+from loraserve.models import Config, PlacementPlan, SolveResult
 from loraserve.profiles import CostModel
 from loraserve.solver._highs import quiet_banner
 from loraserve.solver.bounds import Bound, diagnose_infeasible, lower_bound
 from loraserve.solver.build import build_plan
+from loraserve.solver.cpsat import PlacementCPSAT
 from loraserve.solver.greedy import OpenGPU, _lower_tiers, _State, greedy_placement, plan_cost
+from loraserve.solver.incremental import incremental_placement
 from loraserve.solver.instance import InfeasibleError, Instance
-from loraserve.solver.milp import PlacementMILP
+from loraserve.solver.milp import MILPOutcome, PlacementMILP
+from loraserve.solver.paper_greedy import loraserve_greedy_min
+from loraserve.solver.progress import ProgressCallback, Reporter
 
 logger = logging.getLogger(__name__)
 
-SolverName = Literal["auto", "milp", "greedy"]
-SOLVERS: tuple[str, ...] = ("auto", "milp", "greedy")
+SolverName = Literal["auto", "milp", "cpsat", "greedy", "loraserve-greedy"]
+SOLVERS: tuple[str, ...] = ("auto", "milp", "cpsat", "greedy", "loraserve-greedy")
 
-#: ``auto`` runs the MILP when it has at most this many (adapter, candidate GPU) pairs.
-AUTO_MILP_PAIRS = 40_000
+#: ``auto`` runs an exact model when it has at most this many (adapter, candidate GPU) pairs;
+#: beyond it, building the model alone eats the time limit and the greedy plan is returned.
+AUTO_EXACT_PAIRS = 40_000
 
 
 def _gap(objective: float, bound: float) -> float:
@@ -44,6 +49,24 @@ def _infeasible(message: str, binding: str, solver: str, started: float) -> Solv
                        - started, solver=solver, message=message, binding=binding)
 
 
+def _pairs(inst: Instance, upper: float) -> float:
+    return inst.num_adapters * sum(min(k.pool_count, upper / k.unit_cost) for k in inst.kinds)
+
+
+def _exact_backend(inst: Instance, solver: str) -> str | None:
+    """Which exact model to run after the heuristics, if any."""
+    if solver in ("milp", "cpsat"):
+        return solver
+    if solver != "auto":
+        return None
+    # CP-SAT finds and confirms plans faster on the benchmarks, but with splittable traffic
+    # its integer model is a restriction and gives no bound; with several prices the MILP's
+    # LP bound is what proves a cost optimal, so it runs there.
+    if inst.uniform_cost or inst.max_replicas == 1:
+        return "cpsat"
+    return "milp"
+
+
 def solve(
     config: Config,
     solver: SolverName = "auto",
@@ -51,6 +74,9 @@ def solve(
     seed: int = 0,
     threads: int = 1,
     cost_model: CostModel | None = None,
+    current: PlacementPlan | None = None,
+    max_moves: int | None = None,
+    progress: ProgressCallback | None = None,
 ) -> SolveResult:
     """Plan where every adapter lives and how its traffic splits.
 
@@ -58,17 +84,30 @@ def solve(
     ----------
     config : Config
         Validated inputs.
-    solver : {"auto", "milp", "greedy"}
-        ``greedy``: the constructive heuristic with tier lowering and GPU elimination.
-        ``milp``: the exact model on HiGHS, warm-started from the greedy plan, stopped at
-        ``time_limit`` with the best plan found. ``auto``: the MILP when the model is small
-        enough to help within the time limit, else the greedy.
+    solver : {"auto", "milp", "cpsat", "greedy", "loraserve-greedy"}
+        ``greedy``: loraserve's constructive heuristic with tier lowering and GPU elimination.
+        ``loraserve-greedy``: the LoRAServe paper's heuristic (per-rank budgets, fractional
+        packing), at the fewest GPUs where its plan is valid. ``milp`` (HiGHS) and ``cpsat``
+        (OR-Tools CP-SAT): exact models warm-started from the better heuristic plan, stopped
+        at ``time_limit`` with the best plan found. ``auto``: the heuristics, then an exact
+        model when the heuristic plan is not proven optimal and the model is small enough to
+        help within the time limit.
     time_limit : float
         Seconds for the whole solve; the best plan found by then is returned with its gap.
     seed, threads : int
-        HiGHS's random seed and thread count; fixed values give repeatable results.
+        Random seed and thread count of the exact solvers; fixed values with ``threads=1``
+        give repeatable results.
     cost_model : CostModel, optional
         A prebuilt cost model (profiles already loaded).
+    current : PlacementPlan, optional
+        The running plan. When given, the solve is an incremental re-plan that keeps GPUs,
+        tiers and loaded adapters where it can (see :mod:`loraserve.solver.incremental`);
+        the result's message counts the adapter loads and tier changes it needs.
+    max_moves : int, optional
+        With ``current``: the most adapter loads the re-plan may need.
+    progress : callable, optional
+        Receives a :class:`~loraserve.solver.progress.Progress` (incumbent, bound, elapsed)
+        on every improvement and about once a second during exact solves.
 
     Returns
     -------
@@ -78,9 +117,12 @@ def solve(
     """
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
+    if max_moves is not None and current is None:
+        raise ValueError("max_moves applies to a re-plan: pass current= as well")
     quiet_banner()
     started = time.perf_counter()
     deadline = started + time_limit
+    report = Reporter(progress, started)
     inst = Instance.build(config, cost_model)
     if not inst.kinds:
         reasons = "; ".join(cap.reason for cap in inst.cost_model.capacity_table())
@@ -94,45 +136,57 @@ def solve(
         message, binding = diagnose_infeasible(inst)
         return _infeasible(message, binding, solver, started)
     best_bound = _round_bound(inst, bound.value)
+    message = bound.message
 
-    incumbent: list[OpenGPU] | None
-    try:
-        incumbent = greedy_placement(inst)
-    except InfeasibleError as exc:
-        logger.info("greedy found no plan: %s", exc)
-        incumbent = None
-    name = "greedy"
+    incumbent: list[OpenGPU] | None = None
+    name: str = solver
+    if current is not None:
+        name = "incremental"
+        try:
+            scratch = greedy_placement(inst, target=best_bound)
+            outcome = incremental_placement(inst, current, plan_cost(inst, scratch), max_moves)
+        except InfeasibleError as exc:
+            return _infeasible(str(exc), exc.binding, name, started)
+        incumbent = outcome.gpus
+        message = (f"{outcome.loads} adapter loads ({outcome.bytes_loaded / 2**30:.2f} GiB), "
+                   f"{outcome.tier_changes} tier changes, {len(outcome.dropped)} GPUs freed; "
+                   f"from scratch: {plan_cost(inst, scratch):g}; {bound.message}")
+    elif solver == "loraserve-greedy":
+        try:
+            incumbent = _paper_plan(inst, best_bound)
+        except InfeasibleError as exc:
+            # The heuristic failing proves nothing about the instance: not "infeasible".
+            return SolveResult(status="unknown", lower_bound=best_bound, solver=name,
+                               seconds=time.perf_counter() - started, binding=exc.binding,
+                               message=str(exc))
+    else:
+        incumbent, name = _heuristics(inst, best_bound)
     upper = plan_cost(inst, incumbent) if incumbent else math.inf
+    report(name, upper, best_bound)
     proven = incumbent is not None and upper <= best_bound + 1e-9
 
-    use_milp = solver == "milp" or (
-        solver == "auto"
-        and inst.num_adapters * sum(min(k.pool_count, upper / k.unit_cost) for k in inst.kinds)
-        <= AUTO_MILP_PAIRS
-    )
-    if use_milp and not proven:
-        name = "milp"
-        milp = PlacementMILP(inst, upper_bound=upper, lower_bound=best_bound)
-        remaining = deadline - time.perf_counter()
-        if remaining < 0.5:
-            logger.warning("building the MILP used the time limit (%d pairs); HiGHS gets "
-                           "0.5 s to improve the greedy plan", len(milp.pairs))
-        outcome = milp.solve(time_limit=max(0.5, remaining), start=incumbent, seed=seed,
-                             threads=threads, integral=inst.uniform_cost)
-        logger.info("milp: %d variables, bound %.3f, optimal=%s", outcome.variables,
-                    outcome.bound, outcome.proven_optimal)
-        if outcome.infeasible and incumbent is None:
+    backend = None if current is not None else _exact_backend(inst, solver)
+    if backend is not None and solver == "auto" and _pairs(inst, upper) > AUTO_EXACT_PAIRS:
+        logger.info("auto: %d pairs is too many for an exact model; keeping the %s plan",
+                    _pairs(inst, upper), name)
+        backend = None
+    if backend is not None and not proven:
+        name = backend
+        exact = _run_exact(inst, backend, upper, best_bound, incumbent, deadline, seed,
+                           threads, report)
+        if exact.infeasible and incumbent is None:
             message, binding = diagnose_infeasible(inst)
             return _infeasible(message, binding, name, started)
-        if outcome.gpus is not None:
-            state = _State(inst, outcome.gpus)
+        if exact.gpus is not None:
+            state = _State(inst, exact.gpus)
             _lower_tiers(state)
             cost = plan_cost(inst, state.gpus)
             if cost < upper - 1e-9 or incumbent is None:
                 incumbent, upper = state.gpus, cost
-        if math.isfinite(outcome.bound):
-            best_bound = max(best_bound, _round_bound(inst, outcome.bound))
-        proven = outcome.proven_optimal and incumbent is not None
+        if math.isfinite(exact.bound):
+            best_bound = max(best_bound, _round_bound(inst, exact.bound))
+        proven = exact.proven_optimal and incumbent is not None
+        report(name, upper, best_bound)
     seconds = time.perf_counter() - started
     if incumbent is None:
         return SolveResult(status="unknown", lower_bound=best_bound, seconds=seconds,
@@ -155,5 +209,68 @@ def solve(
         seconds=seconds,
         solver=name,
         binding=bound.binding,
-        message=bound.message,
+        message=message,
     )
+
+
+def _heuristics(inst: Instance, target: float) -> tuple[list[OpenGPU] | None, str]:
+    """The cheaper of loraserve's greedy and the paper's heuristic (the warm start)."""
+    found: list[tuple[float, int, str, list[OpenGPU]]] = []
+    try:
+        gpus = greedy_placement(inst, target=target)
+        found.append((plan_cost(inst, gpus), 0, "greedy", gpus))
+    except InfeasibleError as exc:
+        logger.info("greedy found no plan: %s", exc)
+    if not found or found[0][0] > target + 1e-9:
+        try:
+            gpus = _paper_plan(inst, target)
+            found.append((plan_cost(inst, gpus), 1, "loraserve-greedy", gpus))
+        except InfeasibleError as exc:
+            logger.info("loraserve-greedy found no plan: %s", exc)
+    if not found:
+        return None, "greedy"
+    best = min(found)
+    return best[3], best[2]
+
+
+def _paper_plan(inst: Instance, bound: float) -> list[OpenGPU]:
+    """The paper's heuristic at its smallest valid fleet size.
+
+    Its literal fill (each GPU to capacity, hottest first) leaves a rank group's cold tail on
+    one GPU, beyond any slot limit, at every fleet size; when that makes it infeasible, the
+    even fill (each GPU to the group's mean load) is tried before giving up.
+    """
+    try:
+        gpus, _ = loraserve_greedy_min(inst, start=math.ceil(bound - 1e-9))
+    except InfeasibleError as exc:
+        if exc.binding != "slots":
+            raise
+        gpus, _ = loraserve_greedy_min(inst, start=math.ceil(bound - 1e-9), fill="utilization")
+    return [g for g in gpus if g.shares]
+
+
+def _run_exact(inst: Instance, backend: str, upper: float, bound: float,
+               start: list[OpenGPU] | None, deadline: float, seed: int, threads: int,
+               report: Reporter) -> MILPOutcome:
+    def on_progress(incumbent: float, best: float) -> None:
+        report(backend, incumbent, best)
+
+    model: PlacementMILP | PlacementCPSAT
+    if backend == "cpsat":
+        model = PlacementCPSAT(inst, upper_bound=upper, lower_bound=bound)
+    else:
+        model = PlacementMILP(inst, upper_bound=upper, lower_bound=bound)
+    remaining = deadline - time.perf_counter()
+    if remaining < 0.5:
+        logger.warning("building the %s model used the time limit; it gets 0.5 s to improve "
+                       "the heuristic plan", backend)
+    if isinstance(model, PlacementCPSAT):
+        outcome = model.solve(time_limit=max(0.5, remaining), start=start, seed=seed,
+                              threads=threads, integral=inst.uniform_cost,
+                              progress=lambda inc, best, _elapsed: on_progress(inc, best))
+    else:
+        outcome = model.solve(time_limit=max(0.5, remaining), start=start, seed=seed,
+                              threads=threads, integral=inst.uniform_cost, progress=on_progress)
+    logger.info("%s: %d variables, bound %.3f, optimal=%s", backend, outcome.variables,
+                outcome.bound, outcome.proven_optimal)
+    return outcome

@@ -10,18 +10,27 @@ from loraserve.solver.instance import EPS, Instance
 
 
 def build_plan(inst: Instance, gpus: list[OpenGPU]) -> PlacementPlan:
-    """Name GPUs ``<type>-<i>``, attach predictions and routes, and normalise."""
+    """Name GPUs, attach predictions and routes, and normalise.
+
+    A GPU that continues a running one (``OpenGPU.name``) keeps its id; the others are named
+    ``<type>-<i>`` with the lowest indices no kept GPU uses.
+    """
     config, model = inst.config, inst.cost_model
     adapters = config.adapters
     counters: dict[str, int] = defaultdict(int)
+    taken = {g.name for g in gpus if g.name is not None}
     placements: list[GPUPlacement] = []
     routes: dict[str, dict[str, float]] = {a.id: {} for a in adapters}
     ordered = sorted(gpus, key=lambda g: (inst.kinds[g.kind].gpu_type, -inst.kinds[g.kind].tier,
                                           -g.load))
     for gpu in ordered:
         kind = inst.kinds[gpu.kind]
-        gpu_id = f"{kind.gpu_type}-{counters[kind.gpu_type]}"
-        counters[kind.gpu_type] += 1
+        if gpu.name is not None:
+            gpu_id = gpu.name
+        else:
+            while (gpu_id := f"{kind.gpu_type}-{counters[kind.gpu_type]}") in taken:
+                counters[kind.gpu_type] += 1
+            counters[kind.gpu_type] += 1
         shares = [(adapters[a], w) for a, w in gpu.shares.items()]
         prediction = model.predict(kind.gpu_type, kind.tier, shares)
         hosted = [adapters[a].id for a in gpu.shares]

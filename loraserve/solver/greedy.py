@@ -11,7 +11,6 @@ others where everything still fits.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -29,16 +28,21 @@ MIN_SPLIT = 0.1
 
 @dataclass
 class OpenGPU:
-    """A GPU in a partial plan: its kind, load and traffic shares per adapter."""
+    """A GPU in a partial plan: its kind, load and traffic shares per adapter.
+
+    ``name`` is the id of the running GPU this one continues when re-planning from a current
+    plan; fresh GPUs have none and get ids when the plan is built.
+    """
 
     kind: int
     load: float = 0.0
     bytes: float = 0.0
     shares: dict[int, float] = field(default_factory=dict)
+    name: str | None = None
 
     def copy(self) -> OpenGPU:
         """An independent copy (trial moves must not touch the plan they start from)."""
-        return OpenGPU(self.kind, self.load, self.bytes, dict(self.shares))
+        return OpenGPU(self.kind, self.load, self.bytes, dict(self.shares), self.name)
 
 
 def plan_cost(inst: Instance, gpus: list[OpenGPU]) -> float:
@@ -157,8 +161,17 @@ def _lower_tiers(state: _State) -> None:
                 break
 
 
-def _eliminate(state: _State, max_passes: int = 3) -> _State:
-    """Empty lightly loaded GPUs into the others when everything still fits."""
+#: Work budget of GPU elimination, in GPU visits (about two seconds on one core). A count,
+#: not a clock, so that a plan does not depend on the machine's speed.
+ELIMINATION_WORK = 1_000_000
+
+
+def _eliminate(state: _State, max_passes: int = 10, work: int = ELIMINATION_WORK) -> _State:
+    """Empty lightly loaded GPUs into the others when everything still fits.
+
+    GPUs are tried least utilized first; a trial visits every GPU once per adapter it moves,
+    so with thousands of GPUs the search stops when ``work`` visits are spent.
+    """
     for _ in range(max_passes):
         improved = False
         kinds = state.inst.kinds
@@ -166,6 +179,9 @@ def _eliminate(state: _State, max_passes: int = 3) -> _State:
                        key=lambda g: state.gpus[g].load / kinds[state.gpus[g].kind].capacity)
         for victim in order:
             gone = state.gpus[victim]
+            work -= len(state.gpus) * (1 + len(gone.shares))
+            if work < 0:
+                return state
             trial = _State(state.inst,
                            [g.copy() for i, g in enumerate(state.gpus) if i != victim])
             ok = True
@@ -186,22 +202,45 @@ def _pack_spread(state: _State, members: list[int], gpus: list[int]) -> bool:
     """Worst-fit with splitting: each adapter goes to the roomiest GPU with a free slot.
 
     Spreading (rather than filling GPUs one by one) keeps capacity next to free slots, so
-    the long tail of cold adapters finds room after the hot ones are placed.
+    the long tail of cold adapters finds room after the hot ones are placed. The candidate
+    GPUs' free capacity, slots and bytes are kept in arrays: with thousands of adapters and
+    hundreds of GPUs a per-GPU Python scan for every adapter dominates the run time.
     """
     inst = state.inst
+    index = np.array(gpus, dtype=np.int64)
+    kind = np.array([state.gpus[g].kind for g in gpus], dtype=np.int64)
+    capacity = np.array([inst.kinds[k].capacity for k in kind])
+    free = capacity - np.array([state.gpus[g].load for g in gpus])
+    used_slots = np.array([len(state.gpus[g].shares) for g in gpus])
+    used_bytes = np.array([state.gpus[g].bytes for g in gpus])
     for a in members:
+        loads = inst.load[a, kind]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            room = np.where(loads > 0, free / loads, np.where(free > EPS, np.inf, 0.0))
+        hosted = np.array([a in state.gpus[g].shares for g in gpus], dtype=bool) \
+            if a in state.hosts else np.zeros(len(gpus), dtype=bool)
+        open_slot = ((used_slots < inst.slots)
+                     & (used_bytes + inst.bytes[a] <= inst.cache_bytes))
         remaining = 1.0
         while remaining > EPS:
-            options = [g for g in gpus if state.room(g, a) > EPS and state.can_host(a, g)]
-            if not options:
+            replicas = len(state.hosts.get(a, ()))
+            ok = np.isfinite(loads) & (room > EPS) & (
+                hosted | (open_slot & (replicas < inst.max_replicas)))
+            if not ok.any():
                 return False
-            g = max(options, key=lambda g: (state.room(g, a), -g))
-            fits = state.room(g, a)
-            if fits < remaining and len(state.hosts.get(a, ())) + 1 >= inst.max_replicas \
-                    and a not in state.gpus[g].shares:
+            pick = int(np.argmax(np.where(ok, room, -1.0)))
+            g = int(index[pick])
+            fits = float(room[pick])
+            if fits < remaining and replicas + 1 >= inst.max_replicas and not hosted[pick]:
                 return False
             share = min(remaining, fits)
+            if not hosted[pick]:
+                used_slots[pick] += 1
+                used_bytes[pick] += inst.bytes[a]
+                hosted[pick] = True
             state.add(a, g, share)
+            free[pick] -= share * loads[pick]
+            room[pick] = free[pick] / loads[pick] if loads[pick] > 0 else 0.0
             remaining -= share
     return True
 
@@ -216,14 +255,34 @@ def _open_and_spread(state: _State, kind: Kind, members: list[int], old: list[in
     # Beyond one GPU per replica an adapter could need, more GPUs cannot help.
     stop = min(state.pool_left[kind.gpu_type],
                start + sum(max(1, inst.min_replicas(a)) for a in members))
-    for extra in range(start, stop + 1):
+
+    def attempt(extra: int) -> _State | None:
         trial = _State(inst, [g.copy() for g in state.gpus])
         trial.gpus += [OpenGPU(kind=kind.index) for _ in range(extra)]
         trial.pool_left[kind.gpu_type] -= extra
         new = list(range(len(state.gpus), len(trial.gpus)))
-        if _pack_spread(trial, members, new + old):
-            return trial
-    return None
+        return trial if _pack_spread(trial, members, new + old) else None
+
+    # Gallop up from the group's bound, then bisect back: where slots bind the right count
+    # can sit hundreds above the bound, and each attempt packs the whole group.
+    low, step, extra = start - 1, 1, start
+    found: _State | None = None
+    while extra <= stop:
+        found = attempt(extra)
+        if found is not None:
+            break
+        low, extra, step = extra, extra + step, 2 * step
+    if found is None:
+        return None
+    high = extra
+    while high - low > 1:
+        mid = (low + high) // 2
+        trial = attempt(mid)
+        if trial is not None:
+            high, found = mid, trial
+        else:
+            low = mid
+    return found
 
 
 def _budgeted(inst: Instance) -> _State:
@@ -257,11 +316,21 @@ def _budgeted(inst: Instance) -> _State:
     return state
 
 
-def greedy_placement(inst: Instance, improve: bool = True) -> list[OpenGPU]:
+def greedy_placement(inst: Instance, improve: bool = True,
+                     target: float | None = None) -> list[OpenGPU]:
     """Place every adapter; return the open GPUs.
 
     Two constructions run, top-down fill and budgeted spreading; each is improved by tier
     lowering and GPU elimination, and the cheaper result is kept.
+
+    Parameters
+    ----------
+    inst : Instance
+    improve : bool
+        Run tier lowering and GPU elimination after construction.
+    target : float, optional
+        A lower bound on the cost: a plan that reaches it is optimal, so the remaining
+        constructions and improvements are skipped.
 
     Raises
     ------
@@ -269,20 +338,23 @@ def greedy_placement(inst: Instance, improve: bool = True) -> list[OpenGPU]:
         When the pools run out before every adapter is placed.
     """
     inst.adapter_checks()
-    candidates: list[_State] = []
-    for construct in (_fill, _budgeted):
-        with contextlib.suppress(InfeasibleError):
-            candidates.append(construct(inst))
-    if not candidates:
-        raise InfeasibleError("the pools ran out before every adapter was placed", "pool")
+    goal = -math.inf if target is None else target + 1e-9
     results: list[tuple[float, int, list[OpenGPU]]] = []
-    for state in candidates:
-        if improve:
-            _lower_tiers(state)
+    for construct in (_budgeted, _fill):
+        try:
+            state = construct(inst)
+        except InfeasibleError:
+            continue
+        _lower_tiers(state)
+        if improve and plan_cost(inst, state.gpus) > goal:
             state = _eliminate(state)
             _lower_tiers(state)
         gpus = [g for g in state.gpus if g.shares]
         results.append((plan_cost(inst, gpus), len(results), gpus))
+        if results[-1][0] <= goal:
+            break
+    if not results:
+        raise InfeasibleError("the pools ran out before every adapter was placed", "pool")
     return min(results)[2]
 
 

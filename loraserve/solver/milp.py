@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,15 +37,27 @@ class MILPOutcome:
 class _WarmStartHiGHS(pulp.HiGHS):  # type: ignore[misc]
     """PuLP's HiGHS interface plus a starting solution handed to HiGHS before it runs."""
 
-    def __init__(self, start: dict[str, float], options: dict[str, Any], **kwargs: Any) -> None:
+    def __init__(self, start: dict[str, float], options: dict[str, Any],
+                 progress: Callable[[float, float], None] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._start = start
         self._options = options
+        self._progress = progress
 
     def buildSolverModel(self, lp: pulp.LpProblem) -> None:  # noqa: N802 (PuLP's name)
         super().buildSolverModel(lp)
         for key, value in self._options.items():
             lp.solverModel.setOptionValue(key, value)
+        if self._progress is not None:
+            report = self._progress
+
+            def on_event(event: Any) -> None:
+                report(float(event.data_out.mip_primal_bound),
+                       float(event.data_out.mip_dual_bound))
+
+            # Improvements as they happen, plus HiGHS's periodic log lines for the bound.
+            lp.solverModel.cbMipImprovingSolution.subscribe(on_event)
+            lp.solverModel.cbMipLogging.subscribe(on_event)
         if not self._start:
             return
         values = [0.0] * len(lp.variables())
@@ -194,14 +207,19 @@ class PlacementMILP:
         return start
 
     def solve(self, time_limit: float, start: list[OpenGPU] | None, seed: int,
-              threads: int, integral: bool) -> MILPOutcome:
-        """Run HiGHS; return the best assignment found and its dual bound."""
+              threads: int, integral: bool,
+              progress: Callable[[float, float], None] | None = None) -> MILPOutcome:
+        """Run HiGHS; return the best assignment found and its dual bound.
+
+        ``progress`` receives (incumbent, bound) on every improving solution and on HiGHS's
+        periodic log lines.
+        """
         options: dict[str, Any] = {"random_seed": seed, "mip_rel_gap": 1e-6}
         if integral:
             # Objective values are whole GPU counts: a gap below 1 is already optimal.
             options["mip_abs_gap"] = 1.0 - 1e-6
         solver = _WarmStartHiGHS(
-            start=self.start_from(start) if start else {}, options=options,
+            start=self.start_from(start) if start else {}, options=options, progress=progress,
             msg=False, timeLimit=max(0.1, time_limit), threads=threads,
         )
         self.model.solve(solver)

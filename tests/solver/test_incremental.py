@@ -1,0 +1,141 @@
+"""Incremental re-planning: keep what runs, pay only for what must move."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from loraserve.models.migration import plan_migration
+
+import loraserve
+from loraserve import Config, PlacementPlan, SolveResult
+from loraserve.models.synthetic import synthetic_config
+from tests.conftest import adapter, make_config, rate_for_load
+
+
+def replan(config: Config, current: PlacementPlan, **kwargs: object) -> SolveResult:
+    return loraserve.plan(config, current=current, time_limit=10.0, **kwargs)  # type: ignore[arg-type]
+
+
+def hosted(plan: PlacementPlan) -> set[tuple[str, str]]:
+    return {(g.gpu_id, a) for g in plan.gpus for a in g.adapters}
+
+
+def with_rates(config: Config, rates: dict[str, float]) -> Config:
+    return config.with_adapters([
+        a.model_copy(update={"request_rate": rates[a.id]}) if a.id in rates else a
+        for a in config.adapters
+    ])
+
+
+@pytest.fixture
+def running() -> tuple[Config, PlacementPlan]:
+    config = synthetic_config(60, 90.0, seed=5, serving={"max_cpu_loras": 16})
+    plan = loraserve.plan(config, solver="greedy").plan
+    assert plan is not None
+    return config, plan
+
+
+def test_unchanged_workload_moves_nothing(running: tuple[Config, PlacementPlan]) -> None:
+    config, plan = running
+    result = replan(config, plan)
+    assert result.plan is not None
+    assert result.solver == "incremental"
+    assert result.plan.verify(config) == []
+    assert hosted(result.plan) <= hosted(plan)
+    assert {g.gpu_id: g.tier for g in result.plan.gpus}.items() <= \
+        {g.gpu_id: g.tier for g in plan.gpus}.items()
+    assert "0 adapter loads" in result.message
+    migration = plan_migration(plan, result.plan, config)
+    assert migration.loads == 0
+    assert migration.bytes_moved == 0
+
+
+def test_hot_adapter_gets_a_new_replica_and_keeps_the_rest(
+        running: tuple[Config, PlacementPlan]) -> None:
+    config, plan = running
+    hottest = max(config.adapters, key=lambda a: a.request_rate)
+    changed = with_rates(config, {hottest.id: hottest.request_rate * 3})
+    result = replan(changed, plan)
+    assert result.plan is not None
+    assert result.plan.verify(changed) == []
+    new_hosts = {g for g, a in hosted(result.plan) - hosted(plan) if a == hottest.id}
+    assert new_hosts, "the tripled adapter needs more replicas"
+    # Nothing but the hot adapter's traffic needed room, so only a few loads were made.
+    migration = plan_migration(plan, result.plan, changed)
+    assert migration.replay(plan, changed.serving.adapters_per_gpu, new=result.plan) == []
+    assert migration.loads <= len(new_hosts) + 3
+    kept = {g.gpu_id for g in result.plan.gpus} & {g.gpu_id for g in plan.gpus}
+    assert len(kept) >= plan.num_gpus - 1
+
+
+def test_falling_rates_free_gpus(running: tuple[Config, PlacementPlan]) -> None:
+    config, plan = running
+    changed = with_rates(config, {a.id: a.request_rate * 0.3 for a in config.adapters})
+    scratch = loraserve.plan(changed, solver="greedy")
+    result = replan(changed, plan)
+    assert result.plan is not None and scratch.plan is not None
+    assert result.plan.verify(changed) == []
+    assert result.plan.num_gpus < plan.num_gpus
+    assert result.plan.num_gpus <= scratch.plan.num_gpus + 1
+    assert {g.gpu_id for g in result.plan.gpus} <= {g.gpu_id for g in plan.gpus}
+
+
+def test_move_cap_is_reported_when_it_binds(running: tuple[Config, PlacementPlan]) -> None:
+    config, plan = running
+    changed = with_rates(config, {a.id: a.request_rate * 2.5 for a in config.adapters[:20]})
+    free = replan(changed, plan)
+    assert free.plan is not None
+    needed = plan_migration(plan, free.plan, changed).loads
+    assert needed > 0
+    capped = replan(changed, plan, max_moves=0)
+    assert capped.status == "infeasible"
+    assert capped.binding == "moves"
+    assert "max_moves is 0 (short by" in capped.message
+
+
+def test_added_and_removed_adapters() -> None:
+    rate = rate_for_load(0.2)
+    before = make_config([adapter(f"a{i}", 8, rate) for i in range(6)])
+    plan = loraserve.plan(before).plan
+    assert plan is not None
+    after = make_config([adapter(f"a{i}", 8, rate) for i in range(1, 6)]
+                        + [adapter("new", 16, rate)])
+    result = replan(after, plan)
+    assert result.plan is not None
+    assert result.plan.verify(after) == []
+    assert "a0" not in result.plan.routes
+    assert "new" in result.plan.routes
+    migration = plan_migration(plan, result.plan, after)
+    assert migration.replay(plan, after.serving.adapters_per_gpu, new=result.plan) == []
+
+
+def test_withdrawn_tier_changes_tier() -> None:
+    rate = rate_for_load(0.3, tier=16)
+    before = make_config([adapter("a", 8, rate), adapter("b", 8, rate)],
+                         serving={"tiers": [16, 64]})
+    plan = loraserve.plan(before).plan
+    assert plan is not None
+    assert {g.tier for g in plan.gpus} == {16}
+    after = make_config([adapter("a", 8, rate), adapter("b", 8, rate)],
+                        serving={"tiers": [8, 32]})
+    result = replan(after, plan)
+    assert result.plan is not None
+    assert result.plan.verify(after) == []
+    assert {g.tier for g in result.plan.gpus} == {8}
+    assert "1 tier changes" in result.message or "2 tier changes" in result.message
+
+
+def test_incremental_is_deterministic(running: tuple[Config, PlacementPlan]) -> None:
+    config, plan = running
+    rng = np.random.default_rng(0)
+    changed = with_rates(config, {a.id: a.request_rate * float(rng.uniform(0.3, 3.0))
+                                  for a in config.adapters[::5]})
+    first, second = replan(changed, plan), replan(changed, plan)
+    assert first.plan is not None and second.plan is not None
+    assert first.plan.to_yaml() == second.plan.to_yaml()
+
+
+def test_max_moves_needs_current(running: tuple[Config, PlacementPlan]) -> None:
+    config, _ = running
+    with pytest.raises(ValueError, match="max_moves"):
+        loraserve.plan(config, max_moves=3)
