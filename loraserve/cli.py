@@ -124,7 +124,12 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     migration = None
     if current is not None:
-        migration = plan_migration(current, result.plan, config)
+        try:
+            migration = plan_migration(current, result.plan, config)
+        except ValueError as exc:
+            # No order of steps keeps every adapter live within the slots: nothing is written.
+            _out(f"no safe migration: {exc}")
+            return EXIT_FAIL
         summary = migration.summary()
         _out("migration: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
                                        for k, v in summary.items()))

@@ -646,11 +646,14 @@ class _FreeSlots:
 class _Planner:
     """Greedy make-before-break planner; its state mirrors what :class:`_Replay` models.
 
-    Work is driven by a queue of GPUs that miss target adapters. Loads of adapters that are
-    *relocating* (not yet on their final split and still occupying a slot elsewhere) come
-    first, because finishing them frees slots; loads that only add a replica wait until no
-    relocation is left, so free slots stay available to break swap cycles and to host
-    adapters while a GPU restarts.
+    Work is driven by a queue of GPUs that miss target adapters. *Urgent* loads come first:
+    a replica of the final split of an adapter that is relocating (not yet on its final split
+    and holding a slot elsewhere) when none of that split's GPUs waits for a restart, because
+    it lets the adapter switch and free its old slot at once. Other loads (extra replicas,
+    zero-weight ones, splits that wait for a restart) wait until nothing else is left, so
+    free slots stay available to break swap cycles and to host adapters while a GPU
+    restarts. When the queue is empty: restart the next GPU, else break a swap cycle, else
+    allow the other loads, else finish.
     """
 
     def __init__(self, old: PlacementPlan, new: PlacementPlan, config: Config,
@@ -1150,17 +1153,28 @@ def plan_migration(old: PlacementPlan, new: PlacementPlan, config: Config) -> Mi
 
     The order is: start the GPUs new in ``new``; load missing replicas, moving an adapter's
     traffic to its final split as soon as all of its final replicas are loaded and then
-    unloading the replicas it no longer needs; where a GPU's slots are full of adapters that
-    leave, shift their traffic to their other live replicas and unload them first. GPUs whose
-    tier or type changes are drained (traffic moved to other live replicas, on a temporary
-    replica where an adapter has no other), restarted and loaded, one at a time, those needing
-    the fewest temporary replicas first. Adapters absent from ``new`` keep being served until
-    their slot is needed or the end, then are retired (routed to ``{}``). GPUs absent from
-    ``new`` are drained and stopped last.
+    unloading the replicas it no longer needs (temporary ones included); where a GPU's slots
+    are full of adapters that leave, shift their traffic to their other live replicas (or to a
+    replica ``new`` needs anyway) and unload them first. Loads that let an adapter switch and
+    free a slot come before loads that only add a replica, so free slots stay available for
+    the steps below. GPUs whose tier or type changes are drained (traffic moved to other live
+    replicas, on a temporary replica where an adapter has no other), restarted and loaded,
+    one at a time, those needing the fewest temporary replicas first. Adapters absent from
+    ``new`` keep being served until their slot is needed or the end, then are retired (routed
+    to ``{}``). GPUs absent from ``new`` are drained and stopped last; a stop or restart drops
+    what the worker had loaded without ``unload`` steps.
 
     Swap cycles between full GPUs are broken by parking one adapter on a temporary replica on
     the running GPU with a free slot that is cheapest to borrow (one that stays in ``new``
-    first, then the least loaded, then the lowest id), of a tier at least the adapter's rank.
+    first, then the least loaded, then the lowest id), of a tier at least the adapter's rank;
+    when no slot is free, one is made by moving a surplus replica that has somewhere to go.
+    Only to keep an adapter live during a restart may a final replica whose adapter has
+    another live one be unloaded and loaded again later (:attr:`MigrationPlan.reloads`).
+    The plan is greedy: when a restart finds no room, planning starts again with that restart
+    postponed (up to 8 orders) before giving up.
+
+    Throughout, the fleet runs at most the GPUs of ``old`` and ``new`` together; the pool must
+    hold them (:func:`relabel` keeps their union small).
 
     Parameters
     ----------
@@ -1183,9 +1197,11 @@ def plan_migration(old: PlacementPlan, new: PlacementPlan, config: Config) -> Mi
         When a plan routes an adapter to a GPU that does not host it, a GPU id appears twice,
         the plans are for different base models, a GPU of ``new`` hosts more adapters than
         the config allows, an adapter of ``new`` is not in the config, or, rarely, a restart
-        or swap needs a slot for a temporary replica and every running GPU that could take it
-        is full of adapters that cannot move yet (typically only when every GPU of both plans
-        is full); the message says which adapter and GPU.
+        or swap needs a slot for a temporary replica and every other running GPU that could
+        take it (tier at least the adapter's rank) is full of adapters that cannot move yet;
+        the message says which adapter and GPU. Without tier limits this happens when every
+        GPU of both plans is full, or when a restart leaves no more slots than the adapters
+        both plans serve (then only a perfect packing would do, which is not searched for).
     """
     started = time.perf_counter()
     postponed: frozenset[str] = frozenset()
@@ -1338,13 +1354,15 @@ def relabel(new: PlacementPlan, previous: PlacementPlan, config: Config) -> Plac
     The LoRAServe paper's final relabelling: a freshly solved plan numbers its GPUs
     arbitrarily, and matching them to the running GPUs turns most of the difference into
     adapters that simply stay where they are. A new GPU ``n`` may take the id of a previous
-    GPU ``p`` of the same GPU type; the pair is worth the bytes of the adapters both host plus
-    a bonus of one full GPU's worth of adapters (``adapters_per_gpu`` times the mean adapter
-    size) for keeping the worker, so more matches win before more overlap. Only pairs at the
-    same tier and sharing an adapter are candidates: a tier change restarts the worker and
-    reloads every adapter, so a pair at different tiers saves no load at all (and the sparse
-    candidate set is what makes large fleets fast). The maximum-weight matching is solved
-    exactly as an LP on HiGHS (the assignment polytope is integral).
+    GPU ``p`` of the same GPU type *and tier*: a tier change restarts the worker, which then
+    reloads every adapter, so a pair at different tiers saves no load at all (in effect, the
+    same-tier bonus is unbounded). A candidate pair is worth the bytes of the adapters both
+    host, plus half the smallest adapter's bytes for keeping a worker, which breaks ties
+    towards more kept GPUs but never buys one with an extra load; so the matching minimises
+    exactly the bytes :func:`migration_cost` counts. Only pairs sharing an adapter are
+    candidates (a sparse set, which keeps large fleets fast), and the maximum-weight matching
+    is solved exactly as an LP on HiGHS (the assignment polytope is integral); connected
+    components of a single pair are matched without the solver.
 
     Unmatched new GPUs get fresh ``<gpu_type>-<i>`` ids (lowest ``i`` not used by ``previous``
     or by another new GPU), except where the pool could not hold the previous GPUs and the

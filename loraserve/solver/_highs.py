@@ -1,9 +1,11 @@
-"""Silence the copyright banner HiGHS writes to stdout the first time a model is created."""
+"""HiGHS process-wide quirks: its stdout banner and its global thread pool."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from functools import cache
 
 import highspy
@@ -25,3 +27,20 @@ def quiet_banner() -> None:
     finally:
         os.dup2(saved, 1)
         os.close(saved)
+
+
+@contextlib.contextmanager
+def thread_pool(threads: int) -> Iterator[None]:
+    """Run a HiGHS solve with ``threads`` workers, restoring the one-thread pool after.
+
+    HiGHS sizes a process-wide scheduler at its first solve and answers "not solved" to a
+    later solve that asks for another size; every other solve in loraserve uses one thread.
+    """
+    if threads == 1:
+        yield
+        return
+    highspy.Highs.resetGlobalScheduler(True)
+    try:
+        yield
+    finally:
+        highspy.Highs.resetGlobalScheduler(True)

@@ -17,6 +17,7 @@ from typing import Any
 import highspy
 import pulp
 
+from loraserve.solver._highs import thread_pool
 from loraserve.solver.greedy import OpenGPU
 from loraserve.solver.instance import EPS, Instance
 
@@ -222,7 +223,8 @@ class PlacementMILP:
             start=self.start_from(start) if start else {}, options=options, progress=progress,
             msg=False, timeLimit=max(0.1, time_limit), threads=threads,
         )
-        self.model.solve(solver)
+        with thread_pool(threads):
+            self.model.solve(solver)
         highs = self.model.solverModel
         model_status = highs.getModelStatus()
         info = highs.getInfo()

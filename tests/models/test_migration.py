@@ -122,6 +122,36 @@ def test_restart_with_nowhere_to_keep_an_adapter_live_is_refused() -> None:
         plan_migration(old, new, config_for("abc", 2))
 
 
+def test_restart_order_is_retried_when_a_restart_finds_no_room() -> None:
+    # Restarting GPU 1 first (the id order) leaves the rank-32 adapter nowhere to go; GPU 6
+    # must go first, to come back at tier 32 and take it.
+    config = make_config([adapter("big", 32, 1.0), adapter("small", 8, 1.0)],
+                         serving={"max_loras": 2})
+    old = plan(gpu(1, 32, ["big"]), gpu(6, 16, ["small"]))
+    new = plan(gpu(1, 8, ["small"]), gpu(4, 16, []), gpu(6, 32, ["big", "small"]))
+    migration = check(old, new, config)
+    restarts = [s.gpu_id for s in migration.steps if s.action == "restart_gpu"]
+    assert restarts == [gid(6), gid(1)]
+
+
+def test_final_replica_makes_room_for_a_restart_as_a_last_resort() -> None:
+    # While GPU 6 changes type, only the new GPU 2 has the tier for a1 and a2; a0 and a3,
+    # already moved there, step back to the GPU they came from and return afterwards.
+    pools = [{"gpu_type": GPU, "count": 8, "memory_gib": 80.0},
+             {"gpu_type": "A100-80GB", "count": 8, "memory_gib": 80.0}]
+    config = make_config([adapter("a0", 8, 1.0), adapter("a1", 16, 1.0), adapter("a2", 16, 1.0),
+                          adapter("a3", 8, 1.0)], serving={"max_loras": 2}, pools=pools)
+    a100 = GPUPlacement(gpu_id=gid(6), gpu_type="A100-80GB", tier=32, adapters=["a1", "a2"])
+    old = plan(gpu(1, 8, ["a0", "a3"]), a100)
+    new = plan(gpu(2, 32, ["a0", "a3"]), gpu(6, 32, ["a1", "a2"]))
+    migration = check(old, new, config)
+    assert migration.reloads == 2 and migration.temporary_loads == 2
+    assert any(s.action == "restart_gpu" and s.reason == f"A100-80GB -> {GPU}"
+               for s in migration.steps)
+    cost = migration_cost(old, new, config)
+    assert cost["loads"] == migration.loads - migration.temporary_loads - migration.reloads
+
+
 def test_gpu_removal_moves_adapters_first_and_stops_last() -> None:
     old = plan(gpu(0, 8, ["a"]), gpu(1, 8, ["b"]), gpu(2, 8, ["c", "d"]))
     new = plan(gpu(0, 8, ["a", "c"]), gpu(1, 8, ["b", "d"]))
@@ -397,7 +427,7 @@ def assert_sound_or_justly_refused(old: PlacementPlan, new: PlacementPlan, slots
     assert cost["loads"] == migration.loads - migration.temporary_loads - migration.reloads
 
 
-@settings(max_examples=60, deadline=None, derandomize=True,
+@settings(max_examples=60, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(migrations())
 def test_random_migrations_keep_every_adapter_live(
@@ -405,7 +435,7 @@ def test_random_migrations_keep_every_adapter_live(
     assert_sound_or_justly_refused(*case)
 
 
-@settings(max_examples=40, deadline=None, derandomize=True,
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(migrations(churn=True))
 def test_random_migrations_with_added_and_deleted_adapters(

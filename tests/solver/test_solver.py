@@ -563,3 +563,61 @@ def test_property_milp_no_worse_than_greedy(config: Config) -> None:
     assert milp.objective <= greedy.objective + 1e-9
     assert milp.lower_bound >= greedy.lower_bound - 1e-9
 
+
+
+# ---- pure bin packing through the public API: a known optimum, proven by both exact backends -
+
+
+@pytest.mark.parametrize(("sizes", "optimum"), [
+    pytest.param([0.6] * 5, 5, id="no-two-fit"),
+    pytest.param([0.49] * 8, 4, id="pairs"),
+    pytest.param([0.7, 0.3, 0.6, 0.4, 0.5, 0.5, 0.8, 0.2], 4, id="complements"),
+])
+@pytest.mark.parametrize("backend", ["milp", "cpsat", "auto"])
+def test_bin_packing_known_optimum(sizes: list[float], optimum: int, backend: str) -> None:
+    from tests.solver.test_cpsat import bins
+
+    config = bins(sizes)
+    result = solve(config, backend)
+    plan = check_result(result, config)
+    assert result.status == "optimal"
+    assert result.objective == optimum
+    assert all(len(split) == 1 for split in plan.routes.values())
+
+
+def test_paper_heuristic_through_the_api() -> None:
+    # Slots do not bind here, so the paper's heuristic finds a valid plan; where they bind it
+    # may find none, which is "unknown" (a heuristic failing proves nothing), not infeasible.
+    config = synthetic_config(40, 60.0, seed=3, serving={"max_cpu_loras": 64})
+    result = solve(config, "loraserve-greedy")
+    check_result(result, config)
+    assert result.solver == "loraserve-greedy"
+    tight = synthetic_config(60, 6.0, seed=3, serving={"max_loras": 2, "max_cpu_loras": 2,
+                                                        "max_replicas": 1})
+    failed = solve(tight, "loraserve-greedy")
+    assert failed.status == "unknown"
+    assert failed.plan is None
+    assert "finds no valid plan" in failed.message
+    assert check_result(solve(tight, "greedy"), tight).num_gpus == 30
+
+
+def test_progress_reports_incumbent_and_bound() -> None:
+    from loraserve.solver.progress import Progress
+
+    seen: list[Progress] = []
+    config = synthetic_config(100, 100.0, seed=1, serving={"max_loras": 16, "max_cpu_loras": 16})
+    result = loraserve.plan(config, solver="cpsat", time_limit=20, progress=seen.append)
+    assert seen
+    assert seen[-1].incumbent == result.objective
+    assert all(p.bound <= p.incumbent + 1e-9 for p in seen)
+    assert [p.elapsed for p in seen] == sorted(p.elapsed for p in seen)
+    assert "incumbent" in str(seen[-1])
+
+
+def test_thread_counts_can_change_between_solves() -> None:
+    # HiGHS keeps one process-wide thread pool; a solve with another size must still work.
+    config = no_split_instance()
+    for threads in (2, 1, 2):
+        result = loraserve.plan(config, solver="milp", threads=threads, time_limit=10)
+        assert result.status == "optimal", threads
+        assert result.objective == 3
