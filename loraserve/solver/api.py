@@ -8,6 +8,7 @@ import time
 from typing import Literal
 
 from loraserve.models import Config, PlacementPlan, SolveResult
+from loraserve.models.migration import migration_cost, relabel
 from loraserve.profiles import CostModel
 from loraserve.solver._highs import quiet_banner
 from loraserve.solver.bounds import Bound, diagnose_infeasible, lower_bound
@@ -28,6 +29,8 @@ SOLVERS: tuple[str, ...] = ("auto", "milp", "cpsat", "greedy", "loraserve-greedy
 #: ``auto`` runs an exact model when it has at most this many (adapter, candidate GPU) pairs;
 #: beyond it, building the model alone eats the time limit and the greedy plan is returned.
 AUTO_EXACT_PAIRS = 40_000
+#: ... and when at least this many seconds of the time limit are left after the heuristics.
+AUTO_MIN_SECONDS = 1.0
 
 
 def _gap(objective: float, bound: float) -> float:
@@ -140,7 +143,7 @@ def solve(
 
     incumbent: list[OpenGPU] | None = None
     name: str = solver
-    if current is not None:
+    if current is not None and solver != "loraserve-greedy":
         name = "incremental"
         try:
             scratch = greedy_placement(inst, target=best_bound)
@@ -148,9 +151,7 @@ def solve(
         except InfeasibleError as exc:
             return _infeasible(str(exc), exc.binding, name, started)
         incumbent = outcome.gpus
-        message = (f"{outcome.loads} adapter loads ({outcome.bytes_loaded / 2**30:.2f} GiB), "
-                   f"{outcome.tier_changes} tier changes, {len(outcome.dropped)} GPUs freed; "
-                   f"from scratch: {plan_cost(inst, scratch):g}; {bound.message}")
+        message = f"from scratch: {plan_cost(inst, scratch):g}; {bound.message}"
     elif solver == "loraserve-greedy":
         try:
             incumbent = _paper_plan(inst, best_bound)
@@ -166,10 +167,14 @@ def solve(
     proven = incumbent is not None and upper <= best_bound + 1e-9
 
     backend = None if current is not None else _exact_backend(inst, solver)
-    if backend is not None and solver == "auto" and _pairs(inst, upper) > AUTO_EXACT_PAIRS:
-        logger.info("auto: %d pairs is too many for an exact model; keeping the %s plan",
-                    _pairs(inst, upper), name)
-        backend = None
+    if backend is not None and solver == "auto":
+        if _pairs(inst, upper) > AUTO_EXACT_PAIRS:
+            logger.info("auto: %d pairs is too many for an exact model; keeping the %s plan",
+                        _pairs(inst, upper), name)
+            backend = None
+        elif deadline - time.perf_counter() < AUTO_MIN_SECONDS:
+            logger.info("auto: under %g s left; keeping the %s plan", AUTO_MIN_SECONDS, name)
+            backend = None
     if backend is not None and not proven:
         name = backend
         exact = _run_exact(inst, backend, upper, best_bound, incumbent, deadline, seed,
@@ -193,6 +198,18 @@ def solve(
                            solver=name, binding=bound.binding,
                            message=f"no plan found in {time_limit:g} s; {bound.message}")
     plan = build_plan(inst, incumbent)
+    if current is not None:
+        if name == "loraserve-greedy":
+            # The paper re-plans from scratch, then renames GPUs to overlap the running plan.
+            plan = relabel(plan, current, config)
+        moves = migration_cost(current, plan, config)
+        if max_moves is not None and moves["loads"] > max_moves:
+            return _infeasible(
+                f"the plan needs {moves['loads']} adapter loads; max_moves is {max_moves} "
+                f"(short by {moves['loads'] - max_moves})", "moves", name, started)
+        message = (f"{moves['loads']} adapter loads ({moves['bytes_to_load'] / 2**30:.2f} GiB), "
+                   f"{moves['tier_changes']} tier changes, {moves['gpus_started']} GPUs started, "
+                   f"{moves['gpus_stopped']} stopped; {message}")
     problems = plan.verify(config, inst.cost_model)
     if problems:
         # A solver bug, not a user error: say so loudly rather than hand out a bad plan.

@@ -207,7 +207,9 @@ def incremental_placement(inst: Instance, current: PlacementPlan, target: float,
     """
     inst.adapter_checks()
     gpus, dropped = _running(inst, current)
-    original = {(g.name, a) for g in gpus if g.name is not None for a in g.shares}
+    # What is loaded now and stays loaded; a GPU whose tier changes restarts and reloads all.
+    original = {(g.name, a) for g in gpus if g.name is not None
+                and inst.kinds[g.kind].tier == current.gpu(g.name).tier for a in g.shares}
     unserved = _route(inst, gpus)
     state = _State(inst, gpus)
     order = sorted(np.flatnonzero(unserved > 1e-7),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from loraserve.models.migration import plan_migration
 
 import loraserve
 from loraserve import Config, PlacementPlan, SolveResult
+from loraserve.models.migration import plan_migration
 from loraserve.models.synthetic import synthetic_config
 from tests.conftest import adapter, make_config, rate_for_load
 
@@ -139,3 +139,21 @@ def test_max_moves_needs_current(running: tuple[Config, PlacementPlan]) -> None:
     config, _ = running
     with pytest.raises(ValueError, match="max_moves"):
         loraserve.plan(config, max_moves=3)
+
+
+def test_paper_heuristic_replans_from_scratch_and_relabels() -> None:
+    config = synthetic_config(60, 90.0, seed=5, serving={"max_cpu_loras": 64})
+    running = loraserve.plan(config, solver="loraserve-greedy").plan
+    assert running is not None
+    changed = with_rates(config, {a.id: a.request_rate * 1.5 for a in config.adapters[:6]})
+    result = loraserve.plan(changed, solver="loraserve-greedy", current=running)
+    assert result.plan is not None
+    assert result.solver == "loraserve-greedy"
+    assert result.plan.verify(changed) == []
+    # Relabelling keeps the ids of the GPUs that carry on, so most hosting survives.
+    assert len(hosted(result.plan) & hosted(running)) >= len(hosted(running)) // 2
+    assert "adapter loads" in result.message
+    incremental = replan(changed, running)
+    assert incremental.plan is not None
+    moved = plan_migration(running, incremental.plan, changed).bytes_moved
+    assert moved <= plan_migration(running, result.plan, changed).bytes_moved
