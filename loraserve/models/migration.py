@@ -46,9 +46,10 @@ from typing import Any, Literal
 import pandas as pd
 import pulp
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from loraserve.models.config import Config, ConfigError, format_validation_error
+from loraserve.models._files import parse_yaml, read_text, write_atomic
+from loraserve.models.config import Config
 from loraserve.models.plan import TOLERANCE, GPUPlacement, PlacementPlan, _natural_key
 
 logger = logging.getLogger(__name__)
@@ -72,7 +73,6 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 # libyaml's emitter and parser when PyYAML was built with them: migrations of large fleets
 # run to tens of thousands of steps, which the pure-Python ones take seconds over.
 _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _gpu_key(gpu_id: str) -> tuple[str, int]:
@@ -310,16 +310,7 @@ class MigrationPlan(BaseModel):
         ConfigError
             One line naming the field when the text is not a valid migration.
         """
-        try:
-            raw = yaml.load(text, Loader=_Loader)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: YAML syntax error: {exc}".splitlines()[0]) from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{source}: a migration must be a mapping with a steps list")
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, raw, source)) from None
+        return parse_yaml(cls, text, source, "a migration must be a mapping with a steps list")
 
     def save(self, path: str | Path) -> None:
         """Write the migration to ``path`` atomically (a failed write leaves the old file).
@@ -329,10 +320,7 @@ class MigrationPlan(BaseModel):
         path : str or Path
             Destination file.
         """
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_yaml(), encoding="utf-8")
-        tmp.replace(path)
+        write_atomic(path, self.to_yaml())
 
     @classmethod
     def load(cls, path: str | Path) -> MigrationPlan:
@@ -352,12 +340,7 @@ class MigrationPlan(BaseModel):
         ConfigError
             When the file is missing or not a valid migration.
         """
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: file not found") from None
-        return cls.from_yaml(text, source=str(path))
+        return cls.from_yaml(read_text(path), source=str(path))
 
     # ---- checking ------------------------------------------------------------------------
 

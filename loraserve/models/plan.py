@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from loraserve.models.config import Config, ConfigError, format_validation_error
+from loraserve.models._files import parse_yaml, read_text, write_atomic
+from loraserve.models.config import Config
 
 if TYPE_CHECKING:
     from loraserve.profiles.capacity import CostModel
@@ -153,33 +154,16 @@ class PlacementPlan(BaseModel):
         ConfigError
             One line naming the field when the text is not a valid plan.
         """
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: YAML syntax error: {exc}".splitlines()[0]) from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{source}: a plan must be a mapping with gpus and routes")
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, raw, source)) from None
+        return parse_yaml(cls, text, source, "a plan must be a mapping with gpus and routes")
 
     def save(self, path: str | Path) -> None:
         """Write the plan to ``path`` atomically (a failed write leaves the old file intact)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(self.to_yaml(), encoding="utf-8")
-        tmp.replace(path)
+        write_atomic(path, self.to_yaml())
 
     @classmethod
     def load(cls, path: str | Path) -> PlacementPlan:
         """Read a plan written by :meth:`save`."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: file not found") from None
-        return cls.from_yaml(text, source=str(path))
+        return cls.from_yaml(read_text(path), source=str(path))
 
     # ---- tables --------------------------------------------------------------------------
 
