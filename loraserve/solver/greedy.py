@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -245,8 +246,84 @@ def _pack_spread(state: _State, members: list[int], gpus: list[int]) -> bool:
     return True
 
 
+def _pack_balanced(state: _State, members: list[int], new: list[int], old: list[int]) -> bool:
+    """Pack so that every new GPU runs out of slots and time together; split only to fill.
+
+    Cold adapters first take the spare slots of older, higher-tier GPUs (they cost those GPUs
+    little time). Each new GPU then takes its share of the remaining adapters by count from
+    the cold end and fills its time from the hot end, splitting at most the one adapter that
+    crosses its capacity (next-fit with splitting: fewer splits than GPUs). Where slots bind,
+    filling GPUs by load alone strands slots behind hot adapters; this keeps both in use.
+    """
+    inst = state.inst
+    left = {a: 1.0 for a in members}
+    if old:
+        # Arrays over the old GPUs: a Python scan per cold adapter is too slow at 10,000.
+        index = np.array(old, dtype=np.int64)
+        kind = np.array([state.gpus[g].kind for g in old], dtype=np.int64)
+        free = np.array([state.free(g) for g in old])
+        open_slots = np.array([inst.slots - len(state.gpus[g].shares) for g in old])
+        used_bytes = np.array([state.gpus[g].bytes for g in old])
+        coldest = sorted(members, key=lambda a: (float(np.min(inst.load[a, kind])), a))
+        for a in coldest:
+            if open_slots.max() <= 0:
+                break
+            loads = inst.load[a, kind]
+            ok = (np.isfinite(loads) & (open_slots > 0) & (free >= loads - EPS)
+                  & (used_bytes + inst.bytes[a] <= inst.cache_bytes))
+            if not ok.any():
+                continue
+            most = np.where(ok, open_slots, -1)
+            pick = int(np.argmax(np.where(most == most.max(), free, -np.inf)))
+            state.add(a, int(index[pick]), 1.0)
+            free[pick] -= loads[pick]
+            open_slots[pick] -= 1
+            used_bytes[pick] += inst.bytes[a]
+            del left[a]
+    if not left:
+        return True
+    if not new:
+        return False
+    new_kind = state.gpus[new[0]].kind
+    order = sorted(left, key=lambda a: (-float(inst.load[a, new_kind]), a))
+    front, back = 0, len(order) - 1
+    for j, g in enumerate(new):
+        if front > back:
+            break
+        count = back - front + 1
+        cold = min(inst.slots - 1, max(0, math.ceil(count / (len(new) - j)) - 1))
+        # Cold adapters from the back, whole, while they fit beside at least a sliver of hot.
+        while cold > 0 and back > front:
+            a = order[back]
+            if not state.can_host(a, g) or state.room(g, a) < 1.0 + EPS:
+                break
+            state.add(a, g, left.pop(a))
+            back -= 1
+            cold -= 1
+        # Hot adapters from the front until the GPU's time or slots run out.
+        while front <= back and state.free(g) > EPS and state.can_host(order[front], g):
+            a = order[front]
+            share = min(left[a], state.room(g, a))
+            state.add(a, g, share)
+            left[a] -= share
+            if left[a] > EPS:
+                if len(state.hosts[a]) >= inst.max_replicas:
+                    return False
+                break
+            del left[a]
+            front += 1
+        # Time left over (the hot end ran out): more cold adapters while slots remain.
+        while back >= front and back in range(len(order)) and order[back] in left:
+            a = order[back]
+            if not state.can_host(a, g) or state.room(g, a) < left[a] - EPS:
+                break
+            state.add(a, g, left.pop(a))
+            back -= 1
+    return not left
+
+
 def _open_and_spread(state: _State, kind: Kind, members: list[int], old: list[int],
-                     spare_slots: int, spare_load: float) -> _State | None:
+                     spare_slots: int, spare_load: float, packer: str) -> _State | None:
     """Open the fewest kind-``kind`` GPUs that let ``members`` pack by spreading, or None."""
     inst = state.inst
     need_load = sum(inst.load[a, kind.index] for a in members) / kind.capacity
@@ -261,7 +338,9 @@ def _open_and_spread(state: _State, kind: Kind, members: list[int], old: list[in
         trial.gpus += [OpenGPU(kind=kind.index) for _ in range(extra)]
         trial.pool_left[kind.gpu_type] -= extra
         new = list(range(len(state.gpus), len(trial.gpus)))
-        return trial if _pack_spread(trial, members, new + old) else None
+        packed = (_pack_balanced(trial, members, new, old) if packer == "balanced"
+                  else _pack_spread(trial, members, new + old))
+        return trial if packed else None
 
     # Gallop up from the group's bound, then bisect back: where slots bind the right count
     # can sit hundreds above the bound, and each attempt packs the whole group.
@@ -285,7 +364,7 @@ def _open_and_spread(state: _State, kind: Kind, members: list[int], old: list[in
     return found
 
 
-def _budgeted(inst: Instance) -> _State:
+def _budgeted(inst: Instance, packer: str = "spread") -> _State:
     """Open GPUs per rank group, highest rank first, as few as packing by spreading allows.
 
     Each group first gets the group's own lower bound on new GPUs (its load and its slot
@@ -307,7 +386,8 @@ def _budgeted(inst: Instance) -> _State:
         spare_load = sum(max(0.0, state.free(g)) for g in old)
         packed = None
         for kind in kinds:
-            packed = _open_and_spread(state, kind, members, old, spare_slots, spare_load)
+            packed = _open_and_spread(state, kind, members, old, spare_slots, spare_load,
+                                      packer)
             if packed is not None:
                 break
         if packed is None:
@@ -339,23 +419,30 @@ def greedy_placement(inst: Instance, improve: bool = True,
     """
     inst.adapter_checks()
     goal = -math.inf if target is None else target + 1e-9
-    results: list[tuple[float, int, list[OpenGPU]]] = []
-    for construct in (_budgeted, _fill):
+    constructions: list[tuple[str, Callable[[Instance], _State]]] = [
+        ("spread", _budgeted),
+        ("balanced", lambda i: _budgeted(i, packer="balanced")),
+        ("fill", _fill),
+    ]
+    results: list[tuple[float, int, _State]] = []
+    for name, construct in constructions:
         try:
             state = construct(inst)
         except InfeasibleError:
             continue
         _lower_tiers(state)
-        if improve and plan_cost(inst, state.gpus) > goal:
-            state = _eliminate(state)
-            _lower_tiers(state)
-        gpus = [g for g in state.gpus if g.shares]
-        results.append((plan_cost(inst, gpus), len(results), gpus))
-        if results[-1][0] <= goal:
+        cost = plan_cost(inst, state.gpus)
+        logger.debug("greedy %s construction: %g", name, cost)
+        results.append((cost, len(results), state))
+        if cost <= goal:
             break
     if not results:
         raise InfeasibleError("the pools ran out before every adapter was placed", "pool")
-    return min(results)[2]
+    cost, _, state = min(results, key=lambda r: (r[0], r[1]))
+    if improve and cost > goal:
+        state = _eliminate(state)
+        _lower_tiers(state)
+    return [g for g in state.gpus if g.shares]
 
 
 def _fill(inst: Instance) -> _State:
