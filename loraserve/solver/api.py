@@ -17,14 +17,15 @@ from loraserve.solver.cpsat import PlacementCPSAT
 from loraserve.solver.greedy import OpenGPU, _lower_tiers, _State, greedy_placement, plan_cost
 from loraserve.solver.incremental import incremental_placement
 from loraserve.solver.instance import InfeasibleError, Instance
+from loraserve.solver.lns import improve_by_lns
 from loraserve.solver.milp import MILPOutcome, PlacementMILP
 from loraserve.solver.paper_greedy import loraserve_greedy_min
 from loraserve.solver.progress import ProgressCallback, Reporter
 
 logger = logging.getLogger(__name__)
 
-SolverName = Literal["auto", "milp", "cpsat", "greedy", "loraserve-greedy"]
-SOLVERS: tuple[str, ...] = ("auto", "milp", "cpsat", "greedy", "loraserve-greedy")
+SolverName = Literal["auto", "milp", "cpsat", "lns", "greedy", "loraserve-greedy"]
+SOLVERS: tuple[str, ...] = ("auto", "milp", "cpsat", "lns", "greedy", "loraserve-greedy")
 
 #: ``auto`` runs an exact model when it has at most this many (adapter, candidate GPU) pairs;
 #: beyond it, building the model alone eats the time limit and the greedy plan is returned.
@@ -87,14 +88,16 @@ def solve(
     ----------
     config : Config
         Validated inputs.
-    solver : {"auto", "milp", "cpsat", "greedy", "loraserve-greedy"}
+    solver : {"auto", "milp", "cpsat", "lns", "greedy", "loraserve-greedy"}
         ``greedy``: loraserve's constructive heuristic with tier lowering and GPU elimination.
         ``loraserve-greedy``: the LoRAServe paper's heuristic (per-rank budgets, fractional
         packing), at the fewest GPUs where its plan is valid. ``milp`` (HiGHS) and ``cpsat``
         (OR-Tools CP-SAT): exact models warm-started from the better heuristic plan, stopped
-        at ``time_limit`` with the best plan found. ``auto``: the heuristics, then an exact
-        model when the heuristic plan is not proven optimal and the model is small enough to
-        help within the time limit.
+        at ``time_limit`` with the best plan found. ``lns``: the heuristics, then
+        large-neighbourhood search (free a few GPUs, re-pack them with CP-SAT) until the
+        time limit or the bound. ``auto``: the heuristics; where slots or memory bind, LNS
+        for the time limit (half of it when an exact model follows); then an exact model
+        when the plan is not proven optimal and the model is small enough to help.
     time_limit : float
         Seconds for the whole solve; the best plan found by then is returned with its gap.
     seed, threads : int
@@ -165,6 +168,18 @@ def solve(
     upper = plan_cost(inst, incumbent) if incumbent else math.inf
     report(name, upper, best_bound)
     proven = incumbent is not None and upper <= best_bound + 1e-9
+
+    run_lns = incumbent is not None and not proven and current is None and (
+        solver == "lns" or (solver == "auto" and bound.binding in ("slots", "memory")))
+    if run_lns and incumbent is not None:
+        budget = deadline - time.perf_counter()
+        if solver == "auto" and _pairs(inst, upper) <= AUTO_EXACT_PAIRS:
+            budget /= 2  # leave the exact model the other half
+        improved = improve_by_lns(inst, incumbent, best_bound, budget, seed=seed,
+                                  report=lambda cost, _: report("lns", cost, best_bound))
+        if plan_cost(inst, improved) < upper - 1e-9:
+            incumbent, upper, name = improved, plan_cost(inst, improved), "lns"
+        proven = upper <= best_bound + 1e-9
 
     backend = None if current is not None else _exact_backend(inst, solver)
     if backend is not None and solver == "auto":
