@@ -35,8 +35,11 @@ STEP_WORK = 1.0
 
 
 def _utilization(inst: Instance, gpu: OpenGPU) -> float:
-    # Time and slots both count: a GPU is only "light" if it has room in both.
-    return max(gpu.load / inst.kinds[gpu.kind].capacity, len(gpu.shares) / inst.slots)
+    # Time, slots and adapter memory all count: a GPU is only "light" with room in each.
+    used = max(gpu.load / inst.kinds[gpu.kind].capacity, len(gpu.shares) / inst.slots)
+    if math.isfinite(inst.cache_bytes):
+        used = max(used, gpu.bytes / inst.cache_bytes)
+    return used
 
 
 def _sub_instance(inst: Instance, group: list[OpenGPU],
