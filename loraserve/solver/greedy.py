@@ -151,6 +151,8 @@ class _State:
 def _lower_tiers(state: _State) -> None:
     inst = state.inst
     for gpu in state.gpus:
+        if not gpu.shares:
+            continue
         top = max(int(inst.ranks[a]) for a in gpu.shares)
         current = inst.kinds[gpu.kind]
         options = [k for k in inst.kinds
@@ -430,6 +432,8 @@ def greedy_placement(inst: Instance, improve: bool = True,
             state = construct(inst)
         except InfeasibleError:
             continue
+        # A packer may leave an opened GPU empty; it is not part of the plan.
+        state = _State(inst, [g for g in state.gpus if g.shares])
         _lower_tiers(state)
         cost = plan_cost(inst, state.gpus)
         logger.debug("greedy %s construction: %g", name, cost)

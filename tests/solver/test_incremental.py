@@ -157,3 +157,20 @@ def test_paper_heuristic_replans_from_scratch_and_relabels() -> None:
     assert incremental.plan is not None
     moved = plan_migration(running, incremental.plan, changed).bytes_moved
     assert moved <= plan_migration(running, result.plan, changed).bytes_moved
+
+
+def test_drifted_slot_bound_fleet_replans() -> None:
+    # Regression: a construction that opened a GPU and left it empty broke tier lowering.
+    base = synthetic_config(1000, total_rate=1000.0, gpu_count=10000, seed=1,
+                            serving={"max_loras": 16, "max_cpu_loras": 16,
+                                     "max_replicas": 1024})
+    running = loraserve.plan(base, solver="greedy").plan
+    assert running is not None
+    rng = np.random.default_rng(1)
+    chosen = rng.choice(1000, 100, replace=False)
+    factors = np.exp(rng.uniform(np.log(0.3), np.log(3.0), 100))
+    changed = with_rates(base, {base.adapters[i].id: base.adapters[i].request_rate * float(f)
+                                for i, f in zip(chosen, factors, strict=True)})
+    result = replan(changed, running)
+    assert result.plan is not None
+    assert result.plan.verify(changed) == []
