@@ -293,12 +293,14 @@ def test_bound_at_any_duals_is_valid() -> None:
 
 
 def test_deterministic() -> None:
+    # A memory-bound instance that takes a score of rounds, from no start plan.
     inst = Instance.build(synthetic_config(
-        50, 50.0, gpu_count=200, seed=1,
-        serving={"max_loras": 8, "max_cpu_loras": 8, "max_replicas": 8}))
-    greedy = greedy_placement(inst)
-    runs = [colgen_bound(inst, math.inf, start=greedy, time_limit=60.0, max_iterations=15)
+        80, 25.0, gpu_count=200, seed=1,
+        serving={"max_loras": 8, "max_cpu_loras": 8, "max_replicas": 1,
+                 "adapter_cache_gib": 1.0}))
+    runs = [colgen_bound(inst, math.inf, start=[], time_limit=60.0, max_iterations=30)
             for _ in range(2)]
+    assert runs[0].iterations > 5
     first, second = ((r.value, r.lp_value, r.iterations, r.columns, r.converged, r.message)
                      for r in runs)
     assert first == second
