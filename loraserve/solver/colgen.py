@@ -16,13 +16,20 @@ With ``lambda_p >= 0`` the number of GPUs opened with configuration ``p``, the m
     subject to  sum_p w[a, p] * lambda_p >= 1                  per adapter a   (pi_a >= 0)
                 sum_{p of type t} lambda_p <= pool_count[t]     per GPU type t  (mu_t <= 0)
                 floor_a <= sum_{p hosting a} lambda_p <= cap_a  per adapter a   (rho_a)
+                sum_{p of tier >= r} lambda_p >= count_r        per rank r      (gamma_r >= 0)
 
 The host rows count the GPUs that host ``a``: at least ``floor_a = min_replicas(a)`` (kept
 when 2 or more; below that the cover row implies it) and at most ``cap_a = max_replicas``
-(kept when splitting is allowed and the cap could bind). Pool rows are kept where a pool is
-smaller than what ``upper_bound`` buys. Dropping a row only relaxes the LP. Every plan is an
-integer point (one column per GPU, with its hosted set and shares; each adapter on at least
-``min_replicas`` GPUs), so the LP value bounds every plan's cost from below.
+(kept when splitting is allowed and the cap could bind). The class rows carry the integer
+rounding the tier-count bound gets from whole GPU counts: the GPUs of tier ``>= r`` host
+every adapter of rank ``>= r``, so a plan has at least ``count_r`` of them, the largest of
+those adapters' work, ``min_replicas`` slots and cache bytes (and, without splitting, their
+number of adapters larger than half a GPU), each rounded up to whole GPUs. Pool rows are
+kept where a pool is smaller than what ``upper_bound`` buys. Dropping a row only relaxes
+the LP. Every plan is an integer point (one column per GPU, with its hosted set and shares),
+so the LP value bounds every plan's cost from below. Columns and counts see each GPU with
+``2e-6`` more compute and cache than it has, the tolerance of the plan check
+(:data:`loraserve.models.plan.TOLERANCE`), so the bound also holds for plans that use it.
 
 Why it is stronger than the tier-count bound
 --------------------------------------------
@@ -34,9 +41,10 @@ lend its free slots to the cold tail (an adapter that splits takes a slot on eve
 uses). Without splitting, columns are whole sets and the LP is the Gilmore-Gomory
 bin-packing relaxation, which also sees that two adapters of more than half a GPU never
 share one. Each GPU kind is priced with its own padded loads, so the LP does not send
-prefill and decode tokens to different tiers as the tier-count relaxation may. The
-tier-count bound keeps one thing the LP lacks, whole GPU counts per kind, which can matter
-with mixed prices; the two bounds are complementary and a caller may take the larger.
+prefill and decode tokens to different tiers as the tier-count relaxation may. The class
+rows give it the tier-count bound's rounding per rank, but not its whole GPU counts per
+kind, which can matter with mixed prices: the two bounds are complementary, and a caller
+may take the larger.
 
 On the synthetic benchmark (Zipf popularity, 16 slots) time and slots are both nearly tight
 in aggregate and the configuration LP rounds up to the same GPU count as the tier-count
@@ -52,10 +60,10 @@ primal form with new columns used the primal simplex method, about three times s
 1,000-adapter master: 0.4 s against 1.3 s per re-solve), and with the duals as variables no
 sign convention of HiGHS's row duals is involved. The master starts from the columns of a
 known plan (``start``; the greedy plan by default), one singleton column per adapter (its
-cheapest kind, carrying what one GPU can) and, where a pool row exists, one artificial
-column per adapter at a prohibitive cost, so it is always feasible. When the master holds
-more than :data:`_COLUMN_LIMIT` columns per adapter, the columns priced furthest out are
-dropped.
+cheapest kind, carrying what one GPU can), an empty GPU per kind (pricing counts it, and the
+class rows may use it) and, where a pool row exists, one artificial column per adapter at a
+prohibitive cost, so it is always feasible. When the master holds more than
+:data:`_COLUMN_LIMIT` columns per adapter, the columns priced furthest out are dropped.
 
 *Stabilisation.* The dual *center* starts at the best duals of a two-price family (a price
 per slot, with ``rho`` for adapters that have a host floor, plus a price per unit of load):
@@ -102,10 +110,11 @@ each of their columns is a column of the dominating kind with no smaller reduced
 
 The bound at every round
 ------------------------
-Let ``(pi, mu, rho)`` be any duals of the right signs (those of the master, smoothed ones,
-the seed's), ``D`` their dual objective ``sum(pi) + sum(mu * pool_count) +
-sum(max(rho, 0) * floor) + sum(min(rho, 0) * cap)``, and ``rc_k = unit_cost[k] - mu[t_k] -
-U_k`` a lower bound on the reduced cost of every kind-``k`` column. For any feasible
+Let ``(pi, mu, rho, gamma)`` be any duals of the right signs (those of the master,
+smoothed ones, the seed's), ``D`` their dual objective ``sum(pi) + sum(mu * pool_count) +
+sum(max(rho, 0) * floor) + sum(min(rho, 0) * cap) + sum(gamma * count)``, and ``rc_k =
+unit_cost[k] - mu[t_k] - sum(gamma_r for r <= tier_k) - U_k`` a lower bound on the reduced
+cost of every kind-``k`` column (an empty GPU, of value 0, included). For any feasible
 ``lambda`` of the full master, substituting the row activities gives ``cost(lambda) >= D +
 sum_p rc_p lambda_p`` (each dual has the sign of its row), and ``sum_p rc_p lambda_p >=
 delta * cost(lambda)`` with ``delta = min(0, min_k rc_k / unit_cost[k])``. So the LP
@@ -946,7 +955,8 @@ class _Master:
         slack = np.array(self.costs) - activity  # each column's reduced cost
         order = np.lexsort((np.arange(len(slack)), -slack))
         excess = len(self.columns) - (3 * limit) // 4
-        drop = [int(i) for i in order[:excess] if slack[i] > 1e-9]
+        drop = [int(i) for i in order[:excess]
+                if slack[i] > 1e-9 and len(self.columns[i].adapters) > 0]  # empty GPUs stay
         if not drop:
             return 0
         gone = set(drop)
