@@ -137,11 +137,6 @@ def _route(inst: Instance, gpus: list[OpenGPU]) -> np.ndarray:
     return unserved
 
 
-def _hostings(gpus: list[OpenGPU]) -> set[tuple[str, int]]:
-    return {(g.name, a) for g in gpus if g.name is not None for a, w in g.shares.items()
-            if w > EPS}
-
-
 def _load_cost(inst: Instance, gpus: list[OpenGPU],
                original: set[tuple[str, int]]) -> tuple[int, float]:
     loads, moved = 0, 0.0

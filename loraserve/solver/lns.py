@@ -22,7 +22,8 @@ import numpy as np
 
 from loraserve.solver.cpsat import PlacementCPSAT
 from loraserve.solver.greedy import OpenGPU, _lower_tiers, _State, plan_cost
-from loraserve.solver.instance import EPS, Instance
+from loraserve.solver.instance import Instance
+from loraserve.solver.paper_greedy import validity
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +150,8 @@ def improve_by_lns(
         keep = [g.copy() for i, g in enumerate(best) if i not in set(group_index)]
         trial = _State(inst, [g for g in keep + replacement if g.shares])
         _lower_tiers(trial)
-        if not _valid(inst, trial.gpus):
+        # The sub-problem saw only its own part: replica caps and pools hold plan-wide?
+        if validity(inst, trial.gpus):
             failures[group_index] = failures.get(group_index, 0) + 1
             continue
         best, cost = trial.gpus, plan_cost(inst, trial.gpus)
@@ -160,17 +162,3 @@ def improve_by_lns(
             report(cost, target)
     logger.info("lns: %d steps, %d improvements, cost %g", steps, improved, cost)
     return best
-
-
-def _valid(inst: Instance, gpus: list[OpenGPU]) -> bool:
-    """Replica caps hold across the whole plan (the sub-problem only saw its own part)."""
-    hosts: dict[int, int] = {}
-    for gpu in gpus:
-        if gpu.load > inst.kinds[gpu.kind].capacity * (1 + 1e-9) + EPS:
-            return False
-        if len(gpu.shares) > inst.slots or gpu.bytes > inst.cache_bytes * (1 + 1e-12):
-            return False
-        for a in gpu.shares:
-            hosts[a] = hosts.get(a, 0) + 1
-    return all(count <= inst.max_replicas for count in hosts.values()) and not math.isnan(
-        sum(g.load for g in gpus))
