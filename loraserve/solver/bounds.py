@@ -8,7 +8,9 @@ one type and tier are interchangeable) and lets traffic flow fractionally:
 * the busy time sent to kind ``k`` fits in ``capacity[k] * n_k``;
 * nested slot cover: for every rank ``r``, GPUs of tier >= ``r`` hold at least
   ``sum(min_replicas[a] for rank(a) >= r)`` adapter slots;
-* nested cache cover, likewise in bytes, when the adapter cache is limited;
+* nested cache cover, likewise in bytes, when the adapter cache is limited: on one GPU,
+  adapters of rank >= ``r`` fill at most the largest sum of their sizes that fits the cache
+  (three 1.25 GiB adapters leave 1 GiB of a 4.75 GiB cache to smaller ranks);
 * pools: GPUs of one type do not exceed its count.
 
 Any plan gives a feasible point of this model, so its optimum is a valid lower bound. It is
@@ -17,6 +19,7 @@ small (ranks x kinds) and HiGHS solves it in milliseconds.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -26,6 +29,12 @@ import pulp
 from loraserve.solver.instance import Instance
 
 logger = logging.getLogger(__name__)
+
+#: Most distinct byte totals :func:`fullest_bytes` enumerates before giving up.
+_SUMS = 20_000
+
+#: GPUs are seen with this much more cache than they have, the plan check's tolerance.
+_ROOM = 1.0 + 2e-6
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,27 @@ def _tokens_by_rank(inst: Instance) -> dict[int, tuple[float, float]]:
         totals[adapter.rank] = (prefill + adapter.request_rate * adapter.prompt_tokens,
                                 decode + adapter.request_rate * adapter.output_tokens)
     return totals
+
+
+@functools.lru_cache(maxsize=256)
+def fullest_bytes(sizes: tuple[int, ...], limit: float) -> float:
+    """The largest sum of ``sizes`` (each used any number of times) that is ``<= limit``.
+
+    A cache holds whole adapters, so adapters of these sizes fill at most this much of it.
+    Returns ``limit`` (always valid) when it is infinite or when the reachable sums grow past
+    :data:`_SUMS`.
+    """
+    if not math.isfinite(limit) or not sizes:
+        return limit
+    reach = {0}
+    frontier = {0}
+    while frontier:
+        grown = {t + s for t in frontier for s in sizes if t + s <= limit} - reach
+        reach |= grown
+        frontier = grown
+        if len(reach) > _SUMS:
+            return limit
+    return float(max(reach))
 
 
 def tier_count_bound(
@@ -100,7 +130,9 @@ def tier_count_bound(
             model += (admits * inst.slots >= sum(replicas[a] for a in members), f"slots_{r}")
         if "memory" in families and math.isfinite(inst.cache_bytes):
             need = sum(replicas[a] * inst.bytes[a] for a in members)
-            model += (admits * inst.cache_bytes >= need, f"memory_{r}")
+            sizes = tuple(sorted({int(inst.bytes[a]) for a in members}))
+            fill = fullest_bytes(sizes, inst.cache_bytes * _ROOM)
+            model += (admits * fill >= need, f"memory_{r}")
     if "pool" in families:
         for gpu_type in {k.gpu_type for k in kinds}:
             pool = inst.config.pool(gpu_type).count
