@@ -215,6 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
     schema = sub.add_parser("schema", help="print the config's JSON Schema")
     schema.add_argument("-o", "--output", help="write it to a file instead")
     schema.set_defaults(func=_cmd_schema)
+
+    # Subcommands that live with their subsystems: each module adds its own parsers.
+    from loraserve.profiles.cli import register as register_profile
+    from loraserve.runtime_adapter.cli import register as register_runtime
+    from loraserve.sim.cli import register as register_sim
+
+    register_sim(sub)
+    register_runtime(sub)
+    register_profile(sub)
     return parser
 
 

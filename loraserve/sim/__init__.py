@@ -1,0 +1,1 @@
+"""Trace-driven simulation of a vLLM-like fleet serving a placement plan."""
