@@ -150,6 +150,48 @@ def _cmd_route(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from loraserve.drift import Decision, DriftPolicy
+    from loraserve.models import load_config
+    from loraserve.runtime_adapter.watch import watch
+
+    config = load_config(args.config)
+    inventory = load_inventory(args.workers)
+    try:
+        policy = DriftPolicy(half_life_s=args.half_life, headroom=args.headroom,
+                             min_saving=args.min_saving, patience=args.patience,
+                             cooldown_s=args.cooldown, max_moves=args.max_moves,
+                             time_limit=args.time_limit)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+    def show(decision: Decision) -> None:
+        worst = max(decision.utilization.values(), default=0.0)
+        _out(f"{time.strftime('%H:%M:%S')} {decision.action:<6} worst GPU {worst:.0%} of its "
+             f"limit; {decision.reason}")
+
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        from loraserve.drift import DriftController
+
+        controller = DriftController(config, PlacementPlan.load(inventory.routes_file), policy)
+        start_http_server(args.metrics_port, addr="127.0.0.1",
+                          registry=controller.metrics.registry)
+    else:
+        controller = None
+    try:
+        asyncio.run(watch(config, inventory, policy, args.interval,
+                          steps=1 if args.once else None, dry_run=args.dry_run, report=show,
+                          controller=controller))
+    except KeyboardInterrupt:
+        _out("stopped")
+    except RuntimeAdapterError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_FAIL
+    return EXIT_OK
+
+
 def register(sub: Any) -> None:
     """Add the runtime's subcommands to the ``loraserve`` parser's ``sub``."""
     apply = sub.add_parser("apply", help="make the vLLM fleet match a plan (make-before-break)")
@@ -174,3 +216,31 @@ def register(sub: Any) -> None:
                        help="seconds between worker health checks (default 1)")
     route.add_argument("--seed", type=int, default=None, help="seed of the replica choice")
     route.set_defaults(func=_cmd_route)
+
+    watch = sub.add_parser("watch", help="follow traffic drift: re-plan and apply when the "
+                                         "SLO is at risk or a smaller fleet would do")
+    watch.add_argument("config", help="config YAML (adapter rates are replaced by observed ones)")
+    watch.add_argument("--workers", required=True, metavar="INVENTORY",
+                       help="the fleet inventory YAML (router_url required)")
+    watch.add_argument("--interval", type=float, default=30.0, metavar="S",
+                       help="seconds between router scrapes (default 30)")
+    watch.add_argument("--once", action="store_true",
+                       help="one observe-decide-act step (two scrapes an interval apart)")
+    watch.add_argument("--dry-run", action="store_true", help="decide and report; apply nothing")
+    watch.add_argument("--half-life", type=float, default=300.0, metavar="S",
+                       help="EWMA half-life of the rate estimates (default 300)")
+    watch.add_argument("--headroom", type=float, default=1.0,
+                       help="re-plan at once above this share of a GPU's SLO limit (default 1)")
+    watch.add_argument("--min-saving", type=float, default=1.0, metavar="N",
+                       help="GPUs (or cost/h) a re-plan must save (default 1)")
+    watch.add_argument("--patience", type=int, default=3, metavar="N",
+                       help="readings a saving must persist (default 3)")
+    watch.add_argument("--cooldown", type=float, default=600.0, metavar="S",
+                       help="least seconds between saving-driven re-plans (default 600)")
+    watch.add_argument("--max-moves", type=int, default=None, metavar="N",
+                       help="most adapter loads per re-plan")
+    watch.add_argument("--time-limit", type=float, default=10.0, metavar="S",
+                       help="seconds per solve (default 10)")
+    watch.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                       help="serve the watcher's Prometheus metrics on 127.0.0.1:PORT")
+    watch.set_defaults(func=_cmd_watch)
