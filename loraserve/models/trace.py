@@ -9,9 +9,10 @@ draws ranks from a rank mix, independently of popularity.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -27,7 +28,9 @@ AZURE_COLUMNS: tuple[str, str, str] = ("TIMESTAMP", "ContextTokens", "GeneratedT
 TRACE_RANK_MIX: dict[int, float] = {8: 0.35, 16: 0.25, 32: 0.15, 64: 0.12, 128: 0.08, 256: 0.05}
 
 
-def load_azure_trace(path: str | Path) -> pd.DataFrame:
+def load_azure_trace(
+    path: str | Path, unsorted: Literal["sort", "error"] = "sort"
+) -> pd.DataFrame:
     """Read an Azure LLM inference trace CSV into requests sorted by arrival.
 
     Parameters
@@ -35,6 +38,10 @@ def load_azure_trace(path: str | Path) -> pd.DataFrame:
     path : str or Path
         A CSV with the columns ``TIMESTAMP,ContextTokens,GeneratedTokens`` (for example
         ``AzureLLMInferenceTrace_conv.csv``). Extra columns are ignored.
+    unsorted : {"sort", "error"}
+        What to do with rows out of time order: sort them (stable), or refuse the file with
+        a one-line error naming the first row that goes back in time (the simulator's
+        choice: a trace out of order is usually a merge or time-zone mistake).
 
     Returns
     -------
@@ -47,7 +54,8 @@ def load_azure_trace(path: str | Path) -> pd.DataFrame:
     ------
     ConfigError
         One line naming the file and the problem: missing file, missing columns, no rows,
-        timestamps that do not parse, or token counts that are not non-negative integers.
+        timestamps that do not parse (or go back in time, with ``unsorted="error"``), or
+        token counts that are not non-negative integers.
     """
     path = Path(path)
     if not path.is_file():
@@ -76,6 +84,15 @@ def load_azure_trace(path: str | Path) -> pd.DataFrame:
             f"{path}: line {line + 2}: TIMESTAMP {raw['TIMESTAMP'].iloc[line]!r} is not a date "
             "and time"
         )
+    if unsorted == "error":
+        ns = stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64)
+        back = np.flatnonzero(np.diff(ns) < 0)
+        if back.size:
+            line = int(back[0]) + 1
+            raise ConfigError(
+                f"{path}: line {line + 2}: TIMESTAMP {raw['TIMESTAMP'].iloc[line]!r} is earlier "
+                f"than the row before it; sort the file by TIMESTAMP"
+            )
     tokens: dict[str, np.ndarray] = {}
     for column, name in (("ContextTokens", "prompt_tokens"), ("GeneratedTokens", "output_tokens")):
         values = pd.to_numeric(raw[column].str.strip(), errors="coerce")
@@ -112,6 +129,107 @@ def _rank_mix(rank_mix: Mapping[int, float] | None) -> tuple[list[int], np.ndarr
         raise ConfigError("rank_mix: the weights sum to 0; give at least one positive weight")
     ranks = sorted(mix)
     return ranks, np.array([mix[r] / total for r in ranks])
+
+
+def _assignment(
+    n_requests: int, n_adapters: int, zipf: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+    """Popularity shares, each request's adapter, and the rank stream, from one seed."""
+    # Separate streams: the ranks must not move when zipf (and so the assignment) changes.
+    popularity_rng, assign_rng, rank_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
+    )
+    weights = np.arange(1, n_adapters + 1, dtype=float) ** -zipf
+    share = popularity_rng.permutation(weights / weights.sum())
+    owner = assign_rng.choice(n_adapters, size=n_requests, p=share)
+    return share, owner, rank_rng
+
+
+def assign_adapters(trace: pd.DataFrame, n_adapters: int, zipf: float = 1.0,
+                    seed: int = 0) -> np.ndarray:
+    """Each request's adapter index, exactly as :func:`adapters_from_trace` assigns them.
+
+    With the same ``trace``, ``n_adapters``, ``zipf`` and ``seed``, request ``i`` belongs to
+    adapter ``result[i]`` of the list :func:`adapters_from_trace` returns, so a simulation can
+    replay the very requests whose means and rates the adapters were built from.
+
+    Parameters
+    ----------
+    trace : pandas.DataFrame
+        Requests (one row each).
+    n_adapters : int
+        How many adapters, at least 1.
+    zipf : float
+        Popularity exponent, >= 0.
+    seed : int
+        The seed given to :func:`adapters_from_trace`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Integer adapter indices, one per row of ``trace``.
+    """
+    if n_adapters < 1:
+        raise ConfigError(f"n_adapters must be at least 1, got {n_adapters}")
+    if not (zipf >= 0 and np.isfinite(zipf)):
+        raise ConfigError(f"zipf must be a number >= 0, got {zipf!r}")
+    _, owner, _ = _assignment(len(trace), n_adapters, zipf, seed)
+    return owner
+
+
+def scale_trace(trace: pd.DataFrame, factor: float, seed: int = 0) -> pd.DataFrame:
+    """The trace's traffic times ``factor`` over the same time span.
+
+    ``floor(factor)`` copies of the trace are superposed, each shifted circularly in time by
+    a seeded offset (the first copy is not shifted), and a seeded random ``factor -
+    floor(factor)`` share of the requests of one more shifted copy is added; a factor below 1
+    keeps that share of the requests. Shifting rather than compressing time keeps the trace's
+    duration, its burstiness within each copy, and its token-length distribution.
+
+    Parameters
+    ----------
+    trace : pandas.DataFrame
+        Requests with columns ``t``, ``prompt_tokens``, ``output_tokens`` (as from
+        :func:`load_azure_trace`), sorted by ``t``.
+    factor : float
+        Rate multiplier, > 0.
+    seed : int
+        Seed of the shifts and the thinning.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The same columns, sorted by ``t`` (ties keep copy order), starting at the original
+        first arrival, with a fresh ``RangeIndex``.
+    """
+    if not (factor > 0 and np.isfinite(factor)):
+        raise ConfigError(f"rate scale must be a positive number, got {factor!r}")
+    times = trace["t"].to_numpy(dtype=float)
+    if len(times) == 0:
+        raise ConfigError("trace has no requests to scale")
+    start = float(times.min())
+    span = float(times.max()) - start
+    # One more than the span, so a shifted copy never lands two requests on the same instant
+    # at the wrap-around; a one-request trace has no span to shift within.
+    period = span + (span / max(1, len(times) - 1) if span > 0 else 0.0)
+    rng = np.random.default_rng(seed)
+    whole = math.floor(factor)
+    parts: list[pd.DataFrame] = []
+    for copy in range(whole + 1):
+        keep = factor - whole if copy == whole else 1.0
+        if keep <= 0:
+            break
+        shift = 0.0 if copy == 0 else float(rng.uniform(0.0, period)) if period > 0 else 0.0
+        part = trace[["t", "prompt_tokens", "output_tokens"]].copy()
+        if shift:
+            part["t"] = start + (times - start + shift) % period
+        if keep < 1.0:
+            part = part[rng.random(len(part)) < keep]
+        parts.append(part)
+    scaled = pd.concat(parts, ignore_index=True)
+    scaled = scaled.sort_values("t", kind="stable").reset_index(drop=True)
+    logger.info("trace scaled x%g: %d -> %d requests", factor, len(trace), len(scaled))
+    return scaled
 
 
 def adapters_from_trace(
@@ -190,13 +308,7 @@ def adapters_from_trace(
         )
     mean_rate = len(times) / duration
 
-    # Separate streams: the ranks must not move when zipf (and so the assignment) changes.
-    popularity_rng, assign_rng, rank_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(3)
-    )
-    weights = np.arange(1, n_adapters + 1, dtype=float) ** -zipf
-    share = popularity_rng.permutation(weights / weights.sum())
-    owner = assign_rng.choice(n_adapters, size=len(times), p=share)
+    share, owner, rank_rng = _assignment(len(times), n_adapters, zipf, seed)
     counts = np.bincount(owner, minlength=n_adapters)
     prompts = trace["prompt_tokens"].to_numpy(dtype=float)
     outputs = trace["output_tokens"].to_numpy(dtype=float)
