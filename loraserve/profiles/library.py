@@ -6,6 +6,7 @@ import logging
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from loraserve.models import BaseModelSpec, ConfigError
 from loraserve.profiles.analytic import GPU_SPECS, SHIPPED_DIR, analytic_profile
@@ -30,19 +31,39 @@ def load_profile(path: str | Path) -> Profile:
     return _load_cached(path.resolve(), mtime)
 
 
-def shipped_profiles() -> list[Path]:
-    """Profile files shipped with the package."""
-    return sorted(SHIPPED_DIR.glob("*/*.yaml"))
+def shipped_profiles(source: Literal["analytic", "measured"] | None = None) -> list[Path]:
+    """Profile files shipped with the package: all, or only the analytic or measured ones.
+
+    A measured profile is ``<GPU>/<model>.measured.yaml``, beside its raw measurements
+    (``<model>.measured.csv``) and the analytic ``<GPU>/<model>.yaml``.
+    """
+    paths = sorted(SHIPPED_DIR.glob("*/*.yaml"))
+    if source is None:
+        return paths
+    measured = [p for p in paths if p.name.endswith(".measured.yaml")]
+    return measured if source == "measured" else [p for p in paths if p not in measured]
 
 
 def find_profile(
-    gpu_type: str, base_model: BaseModelSpec, extra: Iterable[Path] = ()
+    gpu_type: str, base_model: BaseModelSpec, extra: Iterable[Path] = (),
+    shipped_dir: Path = SHIPPED_DIR,
 ) -> Profile:
     """Return the profile for ``gpu_type`` and ``base_model``.
 
     The first match wins: a user file from ``extra``; a shipped measured profile; a shipped
     analytic profile; an analytic profile built now from the GPU's datasheet figures (for a
-    base model given by its shapes).
+    base model given by its shapes). The solver, ``PlacementPlan.verify`` and the simulator
+    all come through here (via :class:`~loraserve.profiles.CostModel`), so a measured
+    profile replaces the analytic one for all of them at once.
+
+    Parameters
+    ----------
+    gpu_type : str
+    base_model : BaseModelSpec
+    extra : iterable of Path
+        User profile files (the config's ``profiles``), searched first.
+    shipped_dir : Path
+        Where the shipped profiles live (``<dir>/<GPU>/<model>[.measured].yaml``).
 
     Raises
     ------
@@ -54,8 +75,9 @@ def find_profile(
         if profile.gpu_type == gpu_type and profile.base_model == base_model.name:
             return profile
     for suffix in (".measured.yaml", ".yaml"):
-        path = SHIPPED_DIR / gpu_type / f"{base_model.name}{suffix}"
+        path = shipped_dir / gpu_type / f"{base_model.name}{suffix}"
         if path.is_file():
+            logger.debug("profile for %s on %s: %s", base_model.name, gpu_type, path)
             return load_profile(path)
     if gpu_type in GPU_SPECS:
         logger.info("no shipped profile for %s on %s; deriving an analytic one",
