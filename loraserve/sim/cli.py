@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -110,7 +111,8 @@ class _Status:
             s = result.summary
             verdict = (f"attainment {s['slo_attainment']:.1%} "
                        f"{'meets' if s['meets_slo'] else 'misses'} the SLO")
-        self.line(f"run {self.runs}: {policy} {what}: {gpus} GPUs, x{scale:.3g} rate: {verdict}")
+        # No run number: with --jobs the runs of several processes interleave here.
+        self.line(f"{policy} {what}: {gpus} GPUs, x{scale:.3g} rate: {verdict}")
 
     def done(self) -> None:
         if self.enabled and self.tty:
@@ -294,7 +296,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     scenario = Scenario(traffic.config, traffic.requests_at, _options(args),
                         time_limit=args.time_limit, seed=args.seed, on_run=status.on_run,
                         stop_early=not args.plot)
-    result = compare(scenario, policies, gpus=args.gpus, searches=not args.no_search)
+    result = compare(scenario, policies, gpus=args.gpus, searches=not args.no_search,
+                     jobs=args.jobs)
     status.done()
     _out(f"{args.config}: {len(config.adapters)} adapters; {traffic.description}")
     _out(_slo_line(traffic.config))
@@ -311,7 +314,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         table.loc[~result.table["has_plan"].astype(bool), column] = "no plan"
     _out(_fmt_table(table, columns))
     _out(f"latencies (ms) and SLO attainment at {traffic.config.total_request_rate:.1f} req/s "
-         f"on {n} GPUs; {status.runs} simulations in "
+         f"on {n} GPUs; {len(result.points)} simulations in "
          f"{time.perf_counter() - status.started:.1f} s")
     if args.csv:
         _write_csv(result.table, args.csv)
@@ -343,6 +346,13 @@ def _cmd_capacity(args: argparse.Namespace) -> int:
         plot_capacity(table, args.plot, title=Path(args.config).name)
         _out(f"plot written to {args.plot}")
     return EXIT_OK
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _workload_args(parser: argparse.ArgumentParser) -> None:
@@ -400,6 +410,9 @@ def register(sub: Any) -> None:
     comp.add_argument("--plot", metavar="FILE.png",
                       help="draw the curves (runs every simulation to the end, so slower)")
     comp.add_argument("--csv", metavar="FILE", help="write the table")
+    comp.add_argument("--jobs", type=_gpus, default=_cpus(), metavar="N",
+                      help="policies simulated at once, one process each (default: the "
+                           "CPUs this process may use)")
     comp.set_defaults(func=_cmd_compare)
 
     cap = sub.add_parser("capacity", help="GPUs needed against request rate")

@@ -244,7 +244,7 @@ def run(
     config: Config,
     workers: Sequence[Worker],
     requests: Requests,
-    routes: Sequence[Sequence[tuple[int, float]]] | None,
+    routes: Sequence[Sequence[tuple[int, float]]] | np.ndarray | None,
     options: SimOptions | None = None,
     cost_model: CostModel | None = None,
     progress: Callable[[float], None] | None = None,
@@ -261,6 +261,8 @@ def run(
         Per adapter, ``(worker index, weight)`` pairs: weighted routing over its replicas.
         None: every request goes to the worker with the fewest outstanding requests (ties to
         the next worker after the last one chosen), and any worker serves any adapter.
+        An integer array with one entry per request: the worker each request goes to (a
+        routing decided outside, for example by plans that change during the run).
     options : SimOptions, optional
     cost_model : CostModel, optional
         Built from ``config`` when omitted.
@@ -320,9 +322,16 @@ def run(
     done = [nan] * n
     admitted = bytearray(n)
     missed = bytearray(n)
-    if routes is not None:
+    if isinstance(routes, np.ndarray):
+        if routes.shape != (n,) or (n and (int(routes.min()) < 0
+                                            or int(routes.max()) >= len(states))):
+            raise ConfigError("per-request routes must give one worker index in "
+                              f"[0, {len(states)}) for each of the {n} requests")
+        target: list[int] = routes.astype(np.int64).tolist()
+        gpu_of = target
+    elif routes is not None:
         rng = np.random.default_rng(options.seed)
-        target: list[int] = weighted_routes(requests, routes, rng).tolist()
+        target = weighted_routes(requests, routes, rng).tolist()
         gpu_of = target
     else:
         target = []

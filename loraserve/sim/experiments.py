@@ -3,7 +3,8 @@
 A :class:`Scenario` is one config with its traffic at any rate scale. On it:
 
 * :func:`gpus_needed`: the fewest GPUs on which a policy's fleet meets the SLO (searched:
-  galloping from the policy's own fleet size, then bisecting);
+  galloping from the policy's own fleet size, upwards by at most a quarter a probe, then
+  bisecting);
 * :func:`max_rate`: the highest request rate a policy's fleet of a fixed size sustains under
   the SLO (the traffic and the plan both scaled; galloping by 1.5x, then bisecting to
   :data:`RATE_TOLERANCE`);
@@ -21,8 +22,10 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing as mp
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,8 @@ RATE_TOLERANCE = 0.05
 MAX_RATE_SCALE, MIN_RATE_SCALE = 64.0, 1 / 64
 #: The GPU-count search gives up above this multiple of its starting fleet size.
 MAX_GPU_FACTOR = 8
+#: Growth of the GPU-count search's upward probes.
+UP_FACTOR = 1.25
 
 #: Simulations (and request streams) a scenario keeps for reuse (a search's run at the
 #: fixed fleet size is the fixed-size run); each holds a few arrays per request.
@@ -236,15 +241,20 @@ def gpus_needed(scenario: Scenario, policy: str, start: int | None = None,
             low = high - step
         low = max(low, 0)
     else:
+        # Upwards, a fleet that misses the SLO is cheap to try (its run stops at the first
+        # percentile's worth of misses) and one that meets it costs a whole run: gallop, but
+        # by at most a quarter a probe, so the bracket the bisection then pays for is narrow.
         low, step = start, 1
         high = start + 1
         while not ok(high):
             if high >= limit:
                 return Search(None, points)
             low, step = high, 2 * step
-            high = min(limit, start + step)
+            high = min(limit, start + step, max(high + 1, math.ceil(high * UP_FACTOR)))
     while high - low > 1:
-        mid = (low + high) // 2
+        # A third of the way up, not half: probes below the boundary mostly stop early,
+        # probes at or above it always run to the end.
+        mid = low + max(1, (high - low) // 3)
         if ok(mid):
             high = mid
         else:
@@ -328,7 +338,7 @@ class Comparison:
 
 
 def compare(scenario: Scenario, policies: Sequence[str], gpus: int | None = None,
-            searches: bool = True) -> Comparison:
+            searches: bool = True, jobs: int = 1) -> Comparison:
     """Run ``policies`` on the scenario and tabulate them.
 
     Parameters
@@ -341,15 +351,25 @@ def compare(scenario: Scenario, policies: Sequence[str], gpus: int | None = None
         ``loraserve`` is not compared or has no plan, the first policy that has one.
     searches : bool
         Also search the GPUs needed and the max sustainable rate (most of the work).
+    jobs : int
+        Policies simulated at once, each in its own process (forked, so the traffic is
+        shared, not copied). The table is the same as with one job; only the order of the
+        progress reports changes. Where processes cannot be forked, one job.
     """
-    points: list[dict[str, Any]] = []
+    order = sorted(policies, key=lambda p: p != "loraserve")
     needed: dict[str, Search] = {}
+    parts: dict[str, _Part] = {}
+    if jobs > 1 and len(order) > 1 and "fork" in mp.get_all_start_methods():
+        needed, parts, decided = _compare_forked(scenario, order, gpus, searches, jobs)
+        if decided:
+            gpus = decided
+    points: list[dict[str, Any]] = [pt for p in order if p in needed for pt in needed[p].points]
     if gpus is None:
-        candidates = sorted(policies, key=lambda p: p != "loraserve")
-        for name in candidates:
+        for name in order:
             if searches:
-                needed[name] = gpus_needed(scenario, name)
-                points += needed[name].points
+                if name not in needed:
+                    needed[name] = gpus_needed(scenario, name)
+                    points += needed[name].points
                 if needed[name].value is not None:
                     gpus = int(needed[name].value or 0)
                     break
@@ -363,29 +383,105 @@ def compare(scenario: Scenario, policies: Sequence[str], gpus: int | None = None
     runs: dict[str, SimResult] = {}
     # Each policy's runs together, loraserve's first: a search's run at the fixed size is
     # then still kept when the fixed-size run asks for it.
-    order = sorted(policies, key=lambda p: p != "loraserve")
     for policy in order:
         if searches and policy not in needed:
             needed[policy] = gpus_needed(scenario, policy)
             points += needed[policy].points
-        result = scenario.evaluate(policy, gpus, what="fixed")
-        points.append(_point(policy, gpus, 1.0, scenario.config.total_request_rate, result))
-        row: dict[str, Any] = {"policy": policy, "gpus": gpus}
-        if result is not None:
-            runs[policy] = result
-            summary = result.summary
-            row.update({k: summary[k] for k in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms",
-                                                  "tpot_p99_ms", "slo_attainment",
-                                                  "throughput_rps")})
+        part = parts.get(policy) or _fixed_part(scenario, policy, gpus, searches)
+        points += part.points
+        row = part.row
         if searches:
-            rate = max_rate(scenario, policy, gpus)
             row["gpus_needed"] = needed[policy].value
-            row["max_rate_rps"] = rate.value
-            points += rate.points
+        if part.run is not None:
+            runs[policy] = part.run
         row["has_plan"] = any(p["planned"] for p in points if p["policy"] == policy)
         rows[policy] = row
     table = pd.DataFrame([rows[p] for p in policies]).reindex(columns=list(COMPARE_COLUMNS))
     return Comparison(table, gpus, pd.DataFrame(points), runs)
+
+
+@dataclass
+class _Part:
+    """One policy's figures on the fixed fleet: its table row, runs and the fixed-load run."""
+
+    row: dict[str, Any]
+    points: list[dict[str, Any]]
+    run: SimResult | None
+
+
+def _fixed_part(scenario: Scenario, policy: str, gpus: int, searches: bool) -> _Part:
+    points: list[dict[str, Any]] = []
+    result = scenario.evaluate(policy, gpus, what="fixed")
+    points.append(_point(policy, gpus, 1.0, scenario.config.total_request_rate, result))
+    row: dict[str, Any] = {"policy": policy, "gpus": gpus}
+    if result is not None:
+        summary = result.summary
+        row.update({k: summary[k] for k in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms",
+                                              "tpot_p99_ms", "slo_attainment",
+                                              "throughput_rps")})
+    if searches:
+        rate = max_rate(scenario, policy, gpus)
+        row["max_rate_rps"] = rate.value
+        points += rate.points
+    return _Part(row, points, result)
+
+
+#: What forked workers of :func:`_compare_forked` read: set before the pool forks them.
+_FORKED: dict[str, Any] = {}
+
+
+def _compare_forked(scenario: Scenario, order: Sequence[str], gpus: int | None,
+                    searches: bool, jobs: int,
+                    ) -> tuple[dict[str, Search], dict[str, _Part], int | None]:
+    """Each policy's search and fixed-fleet figures in its own process.
+
+    The fixed fleet size comes from the first policy of ``order`` (loraserve's GPUs needed):
+    its task publishes the size and the others wait for it, which cannot deadlock because
+    that task is submitted first. When it yields no size, the caller finishes sequentially
+    with the remaining fall-backs.
+    """
+    ctx = mp.get_context("fork")
+    decided = ctx.Value("i", gpus or 0)
+    ready = ctx.Event()
+    if gpus is not None:
+        ready.set()
+    _FORKED.update(scenario=scenario, searches=searches, decider=order[0], decided=decided,
+                   ready=ready)
+    needed: dict[str, Search] = {}
+    parts: dict[str, _Part] = {}
+    try:
+        with ProcessPoolExecutor(max_workers=min(jobs, len(order)), mp_context=ctx) as pool:
+            futures = {policy: pool.submit(_forked_task, policy) for policy in order}
+            for policy, future in futures.items():
+                search, part = future.result()
+                if search is not None:
+                    needed[policy] = search
+                if part is not None:
+                    parts[policy] = part
+    finally:
+        _FORKED.clear()
+    return needed, parts, decided.value or None
+
+
+def _forked_task(policy: str) -> tuple[Search | None, _Part | None]:
+    scenario: Scenario = _FORKED["scenario"]
+    searches: bool = _FORKED["searches"]
+    decided = _FORKED["decided"]
+    ready = _FORKED["ready"]
+    search = gpus_needed(scenario, policy) if searches else None
+    if policy == _FORKED["decider"] and not ready.is_set():
+        size = 0
+        if search is not None and search.value is not None:
+            size = int(search.value)
+        else:
+            own = scenario.deployment(policy, None)
+            size = own.num_gpus if own is not None else 0
+        decided.value = size
+        ready.set()
+    ready.wait()
+    if not decided.value:
+        return search, None
+    return search, _fixed_part(scenario, policy, int(decided.value), searches)
 
 
 def capacity(scenario: Scenario, policies: Sequence[str],

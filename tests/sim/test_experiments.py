@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from loraserve import Config
@@ -69,6 +71,21 @@ def test_compare_tabulates_every_policy(tmp_path: Path) -> None:
     path = tmp_path / "c.png"
     plot_comparison(result, path)
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_in_forked_processes_gives_the_same_table() -> None:
+    # The greedy policies only: their plans do not depend on how much CPU a solve gets.
+    policies = ["rank-agnostic-packing", "vllm-default", "loraserve-greedy"]
+    alone = compare(scenario(), policies, jobs=1)
+    forked = compare(scenario(), policies, jobs=2)
+    pd.testing.assert_frame_equal(alone.table, forked.table)
+    assert forked.gpus == alone.gpus
+    assert set(forked.runs) == set(alone.runs)
+    for policy, run in alone.runs.items():
+        assert np.array_equal(run.run.first, forked.runs[policy].run.first, equal_nan=True)
+    key = ["policy", "gpus", "rate_scale"]
+    assert (forked.points.sort_values(key).reset_index(drop=True)
+            .equals(alone.points.sort_values(key).reset_index(drop=True)))
 
 
 def test_compare_without_searches_and_a_policy_without_plans() -> None:
