@@ -20,11 +20,19 @@ from loraserve.models.migration import (
     plan_migration,
     relabel,
 )
-from loraserve.models.plan import GPUPlacement, PlacementPlan, SolveResult, Violation
+from loraserve.models.plan import (
+    GPUPlacement,
+    PlacementPlan,
+    SolveResult,
+    Violation,
+    link_traffic,
+)
+from loraserve.models.topology import FABRIC, LinkSpec, Topology, TopologySpec
 
 __all__ = [
     "ADMISSIBLE_RANKS",
     "ALL_LINEAR_MODULES",
+    "FABRIC",
     "PRESETS",
     "SLO",
     "Adapter",
@@ -34,14 +42,18 @@ __all__ = [
     "ConfigError",
     "GPUPlacement",
     "GPUPool",
+    "LinkSpec",
     "MigrationPlan",
     "MigrationStep",
     "PlacementPlan",
     "ServingLimits",
     "SolveResult",
     "TargetModule",
+    "Topology",
+    "TopologySpec",
     "Violation",
     "config_from_mapping",
+    "link_traffic",
     "load_config",
     "migration_cost",
     "plan_migration",

@@ -29,6 +29,7 @@ from loraserve.models.base_model import (
     BaseModelSpec,
     TargetModule,
 )
+from loraserve.models.topology import Topology, TopologySpec, build_topology
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +232,7 @@ class Config(BaseModel):
     serving: ServingLimits = ServingLimits()
     adapters: tuple[Adapter, ...] = Field(min_length=1)
     profiles: tuple[Path, ...] = ()
+    topology: TopologySpec | None = None
 
     @field_validator("base_model", mode="before")
     @classmethod
@@ -263,7 +265,32 @@ class Config(BaseModel):
                     f"adapters[{index}].rank {adapter.rank} (id '{adapter.id}') exceeds the "
                     f"largest tier in serving.tiers ({top_tier}); add tier {adapter.rank}"
                 )
+        if self.topology is not None:
+            per_node = self.topology.gpus_per_node
+            for index, pool in enumerate(self.pools):
+                if (per_node is not None and "gpus_per_node" in pool.model_fields_set
+                        and pool.gpus_per_node != per_node):
+                    raise ValueError(
+                        f"pools[{index}].gpus_per_node ({pool.gpus_per_node}) differs from "
+                        f"topology.gpus_per_node ({per_node}); set one of them, not both")
+            self.network()  # builds the graph, so a bad link fails here, not in the solver
         return self
+
+    def network(self) -> Topology | None:
+        """The cluster graph of ``topology`` over the pools; None without a topology."""
+        if self.topology is None:
+            return None
+        pools = tuple((p.gpu_type, p.count, p.gpus_per_node) for p in self.pools)
+        return build_topology(self.topology, pools)
+
+    @property
+    def remote_enabled(self) -> bool:
+        """Whether plans may serve adapters remotely (a topology with remote_access on)."""
+        return self.topology is not None and self.topology.remote_access
+
+    def without_remote(self) -> Config:
+        """A copy without the topology: replication only, exactly as without the section."""
+        return self.model_copy(update={"topology": None})
 
     @property
     def total_request_rate(self) -> float:
@@ -298,6 +325,8 @@ class Config(BaseModel):
         """Serialise to the YAML format :func:`load_config` reads."""
         data = self.model_dump(mode="json")
         data["adapters"] = [dict(a) for a in data["adapters"]]
+        if data.get("topology") is None:
+            data.pop("topology", None)  # configs without one read and write as before
         return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -388,7 +417,7 @@ def config_from_mapping(
     ----------
     raw : mapping
         The document: ``base_model``, ``slo``, ``pools``, ``serving``, ``adapter_defaults``,
-        ``adapters`` and/or ``adapters_csv``, ``profiles``.
+        ``adapters`` and/or ``adapters_csv``, ``profiles``, ``topology``.
     base_dir : Path, optional
         Folder that relative paths (``adapters_csv``, ``profiles``) are resolved against.
     source : str

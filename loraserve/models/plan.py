@@ -61,7 +61,7 @@ class Violation(BaseModel):
     ----------
     constraint : str
         Constraint family (``routing``, ``tier``, ``compute``, ``memory``, ``slots``,
-        ``replicas``, ``pool``, ``unknown``).
+        ``replicas``, ``pool``, ``remote``, ``ttft``, ``link``, ``unknown``).
     subject : str
         The adapter, GPU or pool concerned.
     message : str
@@ -97,6 +97,10 @@ class PlacementPlan(BaseModel):
     routes : dict
         ``routes[adapter_id][gpu_id]`` is the share of the adapter's requests that GPU serves;
         each adapter's shares sum to 1.
+    remote : dict
+        ``remote[adapter_id][gpu_id]`` is the GPU that ``gpu_id`` fetches the adapter from:
+        ``gpu_id`` serves the adapter's routed share without hosting it (remote access over
+        the config's topology). Empty for replication-only plans.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -105,6 +109,7 @@ class PlacementPlan(BaseModel):
     base_model: str
     gpus: list[GPUPlacement] = Field(default_factory=list)
     routes: dict[str, dict[str, float]] = Field(default_factory=dict)
+    remote: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     @property
     def num_gpus(self) -> int:
@@ -117,6 +122,10 @@ class PlacementPlan(BaseModel):
             if gpu.gpu_id == gpu_id:
                 return gpu
         raise KeyError(gpu_id)
+
+    def remote_pairs(self) -> list[tuple[str, str, str]]:
+        """``(adapter_id, gpu_id, source_gpu_id)`` of every remote pair, sorted."""
+        return sorted((a, g, src) for a, pairs in self.remote.items() for g, src in pairs.items())
 
     def gpus_by_type_and_tier(self) -> dict[tuple[str, int], int]:
         """Count GPUs per ``(gpu_type, tier)``."""
@@ -137,13 +146,18 @@ class PlacementPlan(BaseModel):
             a: {g: w for g, w in sorted(split.items(), key=lambda kv: _natural_key(kv[0])) if w > 0}
             for a, split in sorted(self.routes.items())
         }
-        return self.model_copy(update={"gpus": gpus, "routes": routes})
+        remote = {a: dict(sorted(pairs.items(), key=lambda kv: _natural_key(kv[0])))
+                  for a, pairs in sorted(self.remote.items()) if pairs}
+        return self.model_copy(update={"gpus": gpus, "routes": routes, "remote": remote})
 
     # ---- serialisation -------------------------------------------------------------------
 
     def to_yaml(self) -> str:
         """Serialise to YAML."""
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        data = self.model_dump(mode="json")
+        if not data["remote"]:
+            del data["remote"]  # replication-only plans read and write as before
+        return yaml.safe_dump(data, sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str, source: str = "plan") -> PlacementPlan:
@@ -187,6 +201,13 @@ class PlacementPlan(BaseModel):
             "adapter_memory_gib",
         ])
 
+    def remote_table(self) -> pd.DataFrame:
+        """One row per remote pair: adapter, serving GPU, source GPU and routed weight."""
+        rows = [{"adapter_id": a, "gpu_id": g, "source_gpu_id": src,
+                 "weight": self.routes.get(a, {}).get(g, 0.0)}
+                for a, g, src in self.remote_pairs()]
+        return pd.DataFrame(rows, columns=["adapter_id", "gpu_id", "source_gpu_id", "weight"])
+
     def route_table(self) -> pd.DataFrame:
         """One row per (adapter, GPU) route with its weight."""
         rows = [
@@ -217,7 +238,9 @@ class PlacementPlan(BaseModel):
 
         No solver is involved: routing sums, tier >= rank, compute utilization under each
         tier's SLO-derived limit, memory, adapter slots, replica caps and pool sizes are
-        recomputed from the inputs.
+        recomputed from the inputs; for remote pairs also that the source hosts the adapter
+        and is reachable, that the fetch time keeps the TTFT SLO, and that the RDMA traffic
+        fits every link of the topology.
 
         Parameters
         ----------
@@ -296,7 +319,9 @@ def _verify(plan: PlacementPlan, config: Config, model: CostModel) -> list[Viola
                 problems.append(Violation(constraint="routing", subject=adapter_id,
                                           message=f"routed to unknown GPU {gpu_id}"))
                 continue
-            if adapter_id not in hosted_on[gpu_id] and weight > TOLERANCE:
+            remote_source = plan.remote.get(adapter_id, {}).get(gpu_id)
+            if (adapter_id not in hosted_on[gpu_id] and remote_source is None
+                    and weight > TOLERANCE):
                 problems.append(Violation(constraint="routing", subject=adapter_id,
                                           message=f"routed to {gpu_id}, which does not host it"))
             if target.gpu_type in pools and model.has(target.gpu_type, target.tier):
@@ -350,6 +375,117 @@ def _verify(plan: PlacementPlan, config: Config, model: CostModel) -> list[Viola
                                       f"{limit:.3f}, the most that keeps the SLO at tier "
                                       f"{gpu.tier}",
                                       excess=load[gpu.gpu_id] - limit))
+    if plan.remote:
+        problems += _verify_remote(plan, config, model, gpus, load)
+    return problems
+
+
+def link_traffic(plan: PlacementPlan, config: Config) -> dict[tuple[str, str], float]:
+    """Planned RDMA bytes per second on every directed edge the plan's remote pairs use.
+
+    A remote pair's traffic is its request rate (the adapter's rate times the pair's routed
+    weight) times the adapter's bytes times the topology's ``miss_ratio``, on every edge of
+    the widest path from the source to the serving GPU. Empty without remote pairs.
+    """
+    topo, spec = config.network(), config.topology
+    if topo is None or spec is None:
+        return {}
+    adapters = {a.id: a for a in config.adapters}
+    traffic: dict[tuple[str, str], float] = {}
+    for adapter_id, gpu_id, source in plan.remote_pairs():
+        adapter = adapters.get(adapter_id)
+        if adapter is None or not topo.reachable(source, gpu_id):
+            continue
+        weight = plan.routes.get(adapter_id, {}).get(gpu_id, 0.0)
+        rate = adapter.request_rate * weight * spec.miss_ratio * config.adapter_bytes(adapter)
+        for edge in topo.edges(source, gpu_id):
+            traffic[edge] = traffic.get(edge, 0.0) + rate
+    return traffic
+
+
+def _verify_remote(plan: PlacementPlan, config: Config, model: CostModel,
+                   gpus: dict[str, GPUPlacement], load: dict[str, float]) -> list[Violation]:
+    """Checks of remote pairs: sources, TTFT with the fetch, reserved cache, link traffic."""
+    problems: list[Violation] = []
+    topo = config.network()
+    spec = config.topology
+    if topo is None or spec is None or not spec.remote_access:
+        problems.append(Violation(
+            constraint="remote", subject="remote",
+            message="the plan serves adapters remotely but the config has no topology with "
+                    "remote_access"))
+        return problems
+    adapters = {a.id: a for a in config.adapters}
+    limits = config.serving
+    fetch_limit: dict[str, float] = {}
+    reserve_bytes: dict[str, float] = {}
+    for adapter_id, gpu_id, source in plan.remote_pairs():
+        subject = f"{adapter_id}@{gpu_id}"
+        adapter = adapters.get(adapter_id)
+        target, origin = gpus.get(gpu_id), gpus.get(source)
+        if adapter is None or target is None or origin is None:
+            problems.append(Violation(constraint="remote", subject=subject,
+                                      message=f"names an unknown adapter or GPU (source "
+                                      f"{source})"))
+            continue
+        if adapter_id not in origin.adapters:
+            problems.append(Violation(constraint="remote", subject=subject,
+                                      message=f"source {source} does not host the adapter"))
+        if adapter_id in target.adapters:
+            problems.append(Violation(constraint="remote", subject=subject,
+                                      message="the GPU hosts the adapter itself; a pair is "
+                                      "either hosted or remote"))
+        if not topo.reachable(source, gpu_id):
+            problems.append(Violation(constraint="remote", subject=subject,
+                                      message=f"{source} cannot reach {gpu_id} in the topology "
+                                      "(GPU ids must be <gpu_type>-<i> within the pool)"))
+            continue
+        if adapter.rank > target.tier:
+            problems.append(Violation(constraint="tier", subject=gpu_id,
+                                      message=f"serves '{adapter_id}' of rank {adapter.rank} "
+                                      f"above its tier {target.tier}",
+                                      excess=adapter.rank - target.tier))
+        fetch = model.remote_fetch_ms(adapter, target.gpu_type, topo.bandwidth(source, gpu_id))
+        if model.has(target.gpu_type, target.tier):
+            limit = model.max_utilization_with(target.gpu_type, target.tier, fetch)
+            fetch_limit[gpu_id] = min(fetch_limit.get(gpu_id, math.inf), limit)
+            if limit <= 0.0:
+                problems.append(Violation(constraint="ttft", subject=subject,
+                                          message=f"fetching from {source} takes {fetch:.1f} ms; "
+                                          "even an idle GPU then misses the TTFT SLO of "
+                                          f"{config.slo.ttft_ms:g} ms"))
+        reserve_bytes[gpu_id] = max(reserve_bytes.get(gpu_id, 0.0),
+                                    float(config.adapter_bytes(adapter)))
+    for gpu_id, limit in sorted(fetch_limit.items()):
+        if limit > 0.0 and load.get(gpu_id, 0.0) > limit + TOLERANCE:
+            problems.append(Violation(constraint="ttft", subject=gpu_id,
+                                      message=f"utilization {load[gpu_id]:.3f} exceeds "
+                                      f"{limit:.3f}, the most that keeps the TTFT SLO with its "
+                                      "slowest remote fetch", excess=load[gpu_id] - limit))
+    cache = model.adapter_cache_bytes()
+    for gpu_id, largest in sorted(reserve_bytes.items()):
+        gpu = gpus[gpu_id]
+        hosted = [adapters[a] for a in gpu.adapters if a in adapters]
+        slots = len(hosted) + spec.remote_slots
+        if slots > limits.adapters_per_gpu:
+            problems.append(Violation(constraint="slots", subject=gpu_id,
+                                      message=f"hosts {len(hosted)} adapters and reserves "
+                                      f"{spec.remote_slots} for fetched ones; the limit is "
+                                      f"{limits.adapters_per_gpu}",
+                                      excess=slots - limits.adapters_per_gpu))
+        need = sum(config.adapter_bytes(a) for a in hosted) + spec.remote_slots * largest
+        if need > cache * (1 + TOLERANCE):
+            problems.append(Violation(constraint="memory", subject=gpu_id,
+                                      message=f"hosted adapters and the reserve for fetched ones "
+                                      f"need {need / 2**30:.2f} GiB; serving.adapter_cache_gib "
+                                      f"is {cache / 2**30:g}", excess=(need - cache) / 2**30))
+    for edge, used in sorted(link_traffic(plan, config).items()):
+        capacity = topo.link_capacity(edge)
+        if used > capacity * (1 + TOLERANCE):
+            problems.append(Violation(constraint="link", subject=f"{edge[0]}->{edge[1]}",
+                                      message=f"remote fetches need {used / 1e9:.3f} GB/s; "
+                                      f"max_link_utilization allows {capacity / 1e9:.3f}",
+                                      excess=(used - capacity) / 1e9))
     return problems
 
 

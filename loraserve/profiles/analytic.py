@@ -66,6 +66,7 @@ class Efficiency:
     bandwidth: float = 0.8
     lora_bandwidth: float = 0.5
     host_link: float = 0.8
+    rdma: float = 0.8
     step_overhead_ms: float = 1.5
     lora_kernel_us: float = 2.0
     load_overhead_ms: float = 2.0
@@ -74,6 +75,9 @@ class Efficiency:
 BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
 PREFILL_TOKENS = (64, 128, 256, 512, 1024, 2048, 4096, 8192)
 TIERS = (8, 16, 32, 64, 128, 256, 320, 512)
+#: The RDMA link the shipped ``peer_load_ms`` holds for: one 200 Gb/s NIC (HDR InfiniBand or
+#: 200G RoCE); the cost model rescales the transfer to each path's bandwidth.
+PEER_LINK_GBIT_PER_S = 200.0
 LORA_SLOTS = 16
 CONTEXT_TOKENS = 1024
 
@@ -133,6 +137,21 @@ def adapter_load_ms(
     return eff.load_overhead_ms + 1e3 * size / (gpu.host_link_gbps * 1e9 * eff.host_link)
 
 
+def peer_load_ms(
+    model: BaseModelSpec, gpu: GPUSpec, rank: int, link_gbit_per_s: float = PEER_LINK_GBIT_PER_S,
+    eff: Efficiency = Efficiency(),
+) -> float:
+    """Load time of a rank-``rank`` adapter from a peer node over an RDMA link.
+
+    Stock vLLM loads an adapter from a path into host memory and then copies it to the GPU,
+    so a remote pair costs the network transfer of the weights (at ``eff.rdma`` of the
+    link) plus the host-to-GPU load of :func:`adapter_load_ms`.
+    """
+    size = model.adapter_bytes(rank, ALL_LINEAR_MODULES)
+    network_ms = 1e3 * size / (link_gbit_per_s * 1e9 / 8 * eff.rdma)
+    return network_ms + adapter_load_ms(model, gpu, rank, eff)
+
+
 def analytic_profile(model: BaseModelSpec, gpu: GPUSpec, eff: Efficiency = Efficiency()) -> Profile:
     """Build the analytic profile of ``model`` on ``gpu``."""
     tiers = {
@@ -153,7 +172,8 @@ def analytic_profile(model: BaseModelSpec, gpu: GPUSpec, eff: Efficiency = Effic
         f"bandwidth and {eff.lora_kernel_us} us per kernel launch; decode at {CONTEXT_TOKENS} "
         "tokens of context; adapter load = "
         f"{eff.load_overhead_ms} ms + bytes / (host link {gpu.host_link_gbps:g} GB/s x "
-        f"{eff.host_link}). Datasheet figures: NVIDIA {gpu.name} SXM."
+        f"{eff.host_link}); peer load = bytes / ({PEER_LINK_GBIT_PER_S:g} Gb/s RDMA x {eff.rdma}) "
+        f"+ adapter load. Datasheet figures: NVIDIA {gpu.name} SXM."
     )
     return Profile(
         gpu_type=gpu.name,
@@ -169,6 +189,8 @@ def analytic_profile(model: BaseModelSpec, gpu: GPUSpec, eff: Efficiency = Effic
         prefill_tokens=PREFILL_TOKENS,
         tiers=tiers,
         adapter_load_ms={r: round(adapter_load_ms(model, gpu, r, eff), 4) for r in TIERS},
+        peer_load_ms={r: round(peer_load_ms(model, gpu, r, eff=eff), 4) for r in TIERS},
+        peer_link_gbit_per_s=PEER_LINK_GBIT_PER_S,
     )
 
 

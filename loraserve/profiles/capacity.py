@@ -22,6 +22,12 @@ The model (the same one the solver, ``verify`` and the simulator read):
   service time, ``W_q = s * ln(rho / (1 - q)) / (1 - rho)``. The tier's ``max_utilization``
   is the largest ``rho`` that keeps it under the TTFT SLO, capped by
   ``serving.max_utilization``.
+* **Remote access.** A request served on a GPU that fetches its adapter from a peer waits,
+  on top, for the fetch: the profile's peer load (network transfer, then the host-to-GPU
+  copy) at the path's bandwidth, with the transfer stretched by ``1 / (1 - u)`` for a link
+  at the planned utilization cap ``u`` (the mean transfer time of a processor-sharing link,
+  which is how concurrent RDMA transfers share a NIC). Such a GPU's utilization limit is the
+  largest ``rho`` whose TTFT percentile plus the fetch stays under the SLO.
 
 These are approximations for planning; the simulator checks them against iteration-level
 behaviour.
@@ -92,6 +98,10 @@ class LatencyPrediction:
     ttft_ms: float
 
 
+#: Share of an RDMA link's bandwidth a transfer reaches when a profile has no peer loads.
+RDMA_EFFICIENCY = 0.8
+
+
 def _waiting_quantile_s(rho: float, service_s: float, quantile: float) -> float:
     """M/M/1 waiting-time quantile: P(W > t) = rho * exp(-(1 - rho) t / s)."""
     if rho <= 1.0 - quantile:
@@ -114,6 +124,7 @@ class CostModel:
     mean_prompt_tokens: float
     mean_output_tokens: float
     _capacity: dict[tuple[str, int], TierCapacity] = field(default_factory=dict)
+    _with_extra: dict[tuple[str, int, float], float] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Config, profiles: dict[str, Profile] | None = None) -> CostModel:
@@ -234,6 +245,50 @@ class CostModel:
             mid = 0.5 * (low + high)
             low, high = (mid, high) if ttft_ms(mid) <= slo.ttft_ms else (low, mid)
         return low
+
+    def max_utilization_with(self, gpu_type: str, tier: int, extra_ms: float) -> float:
+        """Utilization limit of a ``(gpu_type, tier)`` GPU whose requests wait ``extra_ms`` more.
+
+        0 when even an idle GPU misses the TTFT SLO with the extra wait (or the tier is not
+        usable); the tier's own limit when ``extra_ms`` is 0.
+        """
+        cap = self._capacity[(gpu_type, tier)]
+        if not cap.usable:
+            return 0.0
+        if extra_ms <= 0.0:
+            return cap.max_utilization
+        key = (gpu_type, tier, round(extra_ms, 6))
+        found = self._with_extra.get(key)
+        if found is None:
+            prefill_s = self.mean_prompt_tokens / cap.prefill_tokens_per_s
+            found = self._max_utilization(prefill_s, cap.step_ms + extra_ms)
+            self._with_extra[key] = found
+        return found
+
+    def remote_fetch_ms(self, adapter: Adapter, gpu_type: str, bytes_per_s: float,
+                        link_utilization: float | None = None) -> float:
+        """Planned time to fetch ``adapter`` from a peer over a path of ``bytes_per_s``.
+
+        Parameters
+        ----------
+        adapter : Adapter
+        gpu_type : str
+            The fetching GPU (its profile gives the host-to-GPU copy).
+        bytes_per_s : float
+            The path's bottleneck bandwidth.
+        link_utilization : float, optional
+            Load on the path's links; the transfer is stretched by ``1 / (1 - u)``.
+            Defaults to the topology's ``max_link_utilization`` (0 without a topology).
+        """
+        profile = self.profiles[gpu_type]
+        if link_utilization is None:
+            topo = self.config.topology
+            link_utilization = topo.max_link_utilization if topo is not None else 0.0
+        network = profile.peer_network_ms(adapter.rank, bytes_per_s)
+        if network is None:
+            network = 1e3 * self.config.adapter_bytes(adapter) / (bytes_per_s * RDMA_EFFICIENCY)
+        stretch = 1.0 / max(1e-9, 1.0 - min(link_utilization, 0.999))
+        return profile.load_ms(adapter.rank) + network * stretch
 
     def capacity(self, gpu_type: str, tier: int) -> TierCapacity:
         """Capacity of a ``gpu_type`` GPU at ``tier`` (usable or not; see ``reason``)."""

@@ -9,7 +9,9 @@ A profile holds, for one GPU type and one base model, per rank tier ``R`` (the w
 * ``prefill_ms[j]``: one prefill pass over ``prefill_tokens[j]`` tokens at tier ``R``;
 
 and per adapter rank ``r``: ``adapter_load_ms[r]``, the time to load an adapter's weights from
-host memory to the GPU. Latencies are whole-model milliseconds. Between grid points the
+host memory to the GPU, and optionally ``peer_load_ms[r]``, the time to load it from a peer
+node over a ``peer_link_gbit_per_s`` RDMA link (network transfer, then the host-to-GPU copy).
+Latencies are whole-model milliseconds. Between grid points the
 latency is interpolated linearly; beyond the last point it is extrapolated from the last
 segment (decode and prefill are close to affine in their argument at large sizes).
 
@@ -65,6 +67,10 @@ class Profile(BaseModel):
         Per rank tier, latencies on the grids.
     adapter_load_ms : dict
         Per adapter rank, host-to-GPU load time.
+    peer_load_ms : dict
+        Per adapter rank, load time from a peer node at ``peer_link_gbit_per_s`` (optional).
+    peer_link_gbit_per_s : float, optional
+        The link bandwidth ``peer_load_ms`` holds for; required with it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -82,6 +88,8 @@ class Profile(BaseModel):
     prefill_tokens: tuple[int, ...] = Field(min_length=2)
     tiers: dict[int, TierProfile] = Field(min_length=1)
     adapter_load_ms: dict[int, float] = Field(default_factory=dict)
+    peer_load_ms: dict[int, float] = Field(default_factory=dict)
+    peer_link_gbit_per_s: float | None = Field(default=None, gt=0.0)
 
     @model_validator(mode="after")
     def _grids_match(self) -> Profile:
@@ -98,6 +106,9 @@ class Profile(BaseModel):
                                  f"prefill_tokens has {len(self.prefill_tokens)}")
             if min(table.decode_ms) <= 0 or min(table.prefill_ms) <= 0:
                 raise ValueError(f"tiers.{tier}: latencies must be positive")
+        if self.peer_load_ms and self.peer_link_gbit_per_s is None:
+            raise ValueError("peer_load_ms needs peer_link_gbit_per_s, the link bandwidth it "
+                             "was measured or modelled at; add it")
         return self
 
     @property
@@ -129,12 +140,32 @@ class Profile(BaseModel):
         ranks = tuple(sorted(self.adapter_load_ms))
         return _interp(rank, ranks, tuple(self.adapter_load_ms[r] for r in ranks))
 
+    def peer_network_ms(self, rank: int, bytes_per_s: float) -> float | None:
+        """Network part of a peer load at ``bytes_per_s``, from ``peer_load_ms``; None without.
+
+        The table's time less the host-to-GPU copy is the transfer at the reference link;
+        a transfer scales inversely with bandwidth.
+        """
+        if not self.peer_load_ms or self.peer_link_gbit_per_s is None:
+            return None
+        ranks = tuple(sorted(self.peer_load_ms))
+        peer = _interp(rank, ranks, tuple(self.peer_load_ms[r] for r in ranks))
+        reference = self.peer_link_gbit_per_s * 1e9 / 8
+        return max(0.0, peer - self.load_ms(rank)) * reference / bytes_per_s
+
     def to_yaml(self) -> str:
         """Serialise to the profile file format (grids as one-line lists)."""
         data = self.model_dump(mode="json")
         # JSON mode turns integer keys into strings; YAML can keep them as the integers they are.
         data["tiers"] = {int(k): v for k, v in data["tiers"].items()}
         data["adapter_load_ms"] = {int(k): v for k, v in data["adapter_load_ms"].items()}
+        if data["peer_load_ms"]:
+            data["peer_load_ms"] = {int(k): v for k, v in data["peer_load_ms"].items()}
+        else:
+            # Profiles without peer loads read and write as before.
+            del data["peer_load_ms"]
+            if data["peer_link_gbit_per_s"] is None:
+                del data["peer_link_gbit_per_s"]
         return yaml.dump(data, Dumper=_FlowListDumper, sort_keys=False, width=100)
 
     @classmethod

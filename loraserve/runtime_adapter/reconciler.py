@@ -204,6 +204,14 @@ def check_plan_against_inventory(plan: PlacementPlan, inventory: Inventory,
         One line naming the GPU or adapter and the fix.
     """
     tiers = tiers or {}
+    if plan.remote:
+        # Stock vLLM has no peer fetch, and registering the pair for on-demand loading would
+        # use the cache room the plan saved: refuse rather than serve it half right.
+        adapter, gpu_id, source = plan.remote_pairs()[0]
+        raise ConfigError(
+            f"plan: {len(plan.remote_pairs())} remote pairs (first: {adapter} on {gpu_id} "
+            f"from {source}); apply cannot run remote access on vLLM workers yet; re-plan "
+            "with topology.remote_access: false (see docs/remote.md)")
     ranks: dict[str, int] = {}
     for gpu in plan.gpus:
         worker = inventory.worker(gpu.gpu_id)

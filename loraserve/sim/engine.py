@@ -29,6 +29,17 @@ advanced in closed form: the worker's next event is the first sequence to finish
 ``k`` steps of ``decode_ms(tier, b)`` ahead. An arrival in the middle of such a run cuts it
 at the next step boundary. Steps that carry prefill are simulated one at a time.
 
+**Remote fetches.** A worker may serve an adapter it does not host, fetching it from a peer
+(a plan's remote pair, :attr:`Worker.remote`). Activating such an adapter when it is not in
+the worker's CPU cache fetches its weights over the widest path of the config's topology
+instead of reading them from disk: the transfer takes ``bytes / bottleneck bandwidth`` and
+the links of the path serve concurrent fetches one after another (first come, first served:
+a fetch starts when every link of its path is free), then the profile's host-to-GPU
+``load_ms(rank)`` follows. The fetched adapter stays in the CPU cache (LRU) and in a GPU slot
+like any other, so later requests reuse it until it is evicted; adapters the worker hosts
+are pinned, and fetched ones share the topology's ``remote_slots`` cache slots (LRU among
+themselves), the room the plan reserves for them.
+
 The router either splits each adapter's requests over its replicas by the plan's weights
 (seeded draws) or sends each request to the worker with the fewest outstanding requests.
 """
@@ -46,6 +57,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from loraserve.models import Config, ConfigError
+from loraserve.models.topology import Topology, build_topology
 from loraserve.profiles import CostModel
 from loraserve.sim.workload import Requests
 
@@ -68,12 +80,16 @@ class Worker:
         Adapter indices loaded into the CPU cache at start, most important first (the first
         ``max_loras`` also start in GPU slots). A plan's hosted adapters; for on-demand
         serving, the most popular adapters (a warm server).
+    remote : tuple of (int, str)
+        ``(adapter index, source gpu_id)`` of every adapter the worker fetches from a peer
+        (a plan's remote pairs); the source is a worker's ``gpu_id`` in the topology.
     """
 
     gpu_id: str
     gpu_type: str
     tier: int
     hosted: tuple[int, ...] = ()
+    remote: tuple[tuple[int, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +127,9 @@ class RunResult:
 
     Times are seconds from the start of the run; ``nan`` where a request did not get that far
     (still waiting when the run stopped, or rejected because its context exceeds the KV cache).
+    ``fetches``, ``fetch_s`` and ``fetch_wait_s`` count each worker's remote fetches, their
+    seconds (waiting for the links included) and the waiting alone; ``link_bytes`` is what
+    crossed each directed edge of the topology.
     """
 
     requests: Requests
@@ -129,14 +148,28 @@ class RunResult:
     wall_s: float
     rejected: int = 0
     options: SimOptions = field(default_factory=SimOptions)
+    fetches: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    fetch_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    fetch_wait_s: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    link_bytes: dict[tuple[str, str], float] = field(default_factory=dict)
+    topology: Topology | None = None
+
+    def link_utilization(self) -> dict[tuple[str, str], float]:
+        """Share of each used link's bandwidth the run's fetches took, over the run's span."""
+        if self.topology is None or self.end <= 0:
+            return {}
+        return {edge: moved / (self.topology.edge_bytes_per_s(edge) * self.end)
+                for edge, moved in self.link_bytes.items()}
 
 
 class _State:
     """Mutable state of one worker during a run (plain attributes for speed)."""
 
-    __slots__ = ("act_wait", "active", "bulk", "busy", "cold", "counter", "cpu", "dec", "gpu_slots",
+    __slots__ = ("act_wait", "active", "bulk", "busy", "cold", "counter", "cpu", "dec",
+                 "fetch_s", "fetch_wait", "fetches", "gpu_slots",
                  "heap", "idle", "index", "kv_cap", "kv_used", "load_cost", "load_s", "loads",
-                 "n_wait", "pending_first", "pf_tok", "pre", "prefilling",
+                 "n_wait", "pending_first", "pf_tok", "pinned", "pre", "prefilling", "remote",
+                 "remote_cap",
                  "seg_d", "seg_k", "seg_start", "steps", "steps_pending", "version", "wcount", "wq",
                  "wqa")
 
@@ -154,6 +187,13 @@ class _State:
         self.counter = 0
         self.cpu: OrderedDict[int, None] = OrderedDict()
         self.dec: list[float] = []
+        # Remote adapters: adapter -> (directed path edges, bottleneck bytes/s, bytes).
+        self.remote: dict[int, tuple[list[tuple[str, str]], float, float]] = {}
+        self.pinned: set[int] = set()
+        self.remote_cap = 0
+        self.fetches = 0
+        self.fetch_s = 0.0
+        self.fetch_wait = 0.0
         self.gpu_slots: OrderedDict[int, None] = OrderedDict()
         self.heap: list[tuple[int, int]] = []
         self.idle = True
@@ -199,6 +239,27 @@ def _tables(model: CostModel, gpu_type: str, tier: int, max_seqs: int,
     pre[beyond] = values[-1] + slope * (tokens[beyond] - grid[-1])
     kv_tokens = int(cap.kv_cache_bytes // model.config.base_model.kv_bytes_per_token)
     return dec, pf_tok, (pre / 1e3).tolist(), kv_tokens
+
+
+def _topology_for(config: Config, workers: Sequence[Worker]) -> Topology | None:
+    """The config's topology, over pools grown to cover every worker's GPU id.
+
+    A search for the GPUs a policy needs may simulate more GPUs than a pool holds; GPU
+    ``<type>-<i>`` then sits where a larger pool would put it.
+    """
+    if config.topology is None:
+        return None
+    need = {p.gpu_type: p.count for p in config.pools}
+    for worker in workers:
+        for gpu_id in (worker.gpu_id, *(src for _, src in worker.remote)):
+            head, _, tail = gpu_id.rpartition("-")
+            if head in need and tail.isdigit():
+                need[head] = max(need[head], int(tail) + 1)
+    if all(need[p.gpu_type] == p.count for p in config.pools):
+        return config.network()
+    spec = config.topology.model_copy(update={"nodes": None})
+    pools = tuple((p.gpu_type, need[p.gpu_type], p.gpus_per_node) for p in config.pools)
+    return build_topology(spec, pools)
 
 
 def weighted_routes(requests: Requests, weights: Sequence[Sequence[tuple[int, float]]],
@@ -288,6 +349,9 @@ def run(
         raise ConfigError("requests name an adapter index beyond the config's adapters; "
                           "build the requests from this config")
 
+    topo = _topology_for(config, workers)
+    link_free: dict[tuple[str, str], float] = {}
+    link_bytes: dict[tuple[str, str], float] = {}
     tables: dict[tuple[str, int], tuple[list[float], float, list[float], int]] = {}
     costs: dict[str, tuple[list[float], list[float]]] = {}
     states: list[_State] = []
@@ -304,6 +368,19 @@ def run(
         state = _State(i)
         state.dec, state.pf_tok, state.pre, state.kv_cap = tables[key]
         state.load_cost = costs[worker.gpu_type]
+        if worker.remote:
+            if topo is None:
+                raise ConfigError(f"worker {worker.gpu_id} fetches adapters remotely but the "
+                                  "config has no topology; add a topology section")
+            for a, source in worker.remote:
+                if not topo.reachable(source, worker.gpu_id):
+                    raise ConfigError(f"worker {worker.gpu_id} fetches '{adapters[a].id}' from "
+                                      f"{source}, which the topology cannot reach it from")
+                state.remote[a] = (topo.edges(source, worker.gpu_id),
+                                   topo.bandwidth(source, worker.gpu_id),
+                                   float(config.adapter_bytes(adapters[a])))
+            state.pinned = set(worker.hosted)
+            state.remote_cap = config.topology.remote_slots if config.topology else 1
         # LRU order runs from the next to evict to the last: the most important go last.
         for a in reversed(worker.hosted[:cpu_cap]):
             state.cpu[a] = None
@@ -362,7 +439,20 @@ def run(
             missed[r] = 1
             misses += 1
 
-    def activate(w: _State, a: int) -> float:
+    def fetch(w: _State, a: int, now: float) -> float:
+        """Seconds to fetch remote adapter ``a`` from its peer, links taken in turn."""
+        edges, bandwidth, size = w.remote[a]
+        begin = max([now] + [link_free.get(e, 0.0) for e in edges])
+        end = begin + size / bandwidth
+        for e in edges:
+            link_free[e] = end
+            link_bytes[e] = link_bytes.get(e, 0.0) + size
+        w.fetches += 1
+        w.fetch_s += end - now
+        w.fetch_wait += begin - now
+        return end - now
+
+    def activate(w: _State, a: int, now: float) -> float:
         """Seconds to bring adapter ``a`` into a GPU slot; 0 when it is there."""
         slots = w.gpu_slots
         if a in slots:
@@ -374,14 +464,29 @@ def run(
         if a in cpu:
             cpu.move_to_end(a)
         else:
-            cost += cold[a]
-            w.cold += 1
+            if a in w.remote:
+                cost += fetch(w, a, now)
+            else:
+                cost += cold[a]
+                w.cold += 1
             cpu[a] = None
+            pinned = w.pinned
+            if w.remote and len(cpu) - len(pinned.intersection(cpu)) > w.remote_cap:
+                # Fetched weights live in the reserved slots: the least recent one goes,
+                # from the GPU slots too (vLLM drops an evicted adapter everywhere).
+                victim = next((old for old in cpu if old not in w.active
+                               and old not in pinned and old != a), None)
+                if victim is not None:
+                    del cpu[victim]
+                    slots.pop(victim, None)
             if len(cpu) > cpu_cap:
-                for old in cpu:
-                    if old not in w.active:
-                        del cpu[old]
-                        break
+                # Fetched adapters make room among themselves; hosted ones stay pinned.
+                victim = next((old for old in cpu if old not in w.active
+                               and old not in pinned), None)
+                if victim is None and pinned:
+                    victim = next((old for old in cpu if old not in w.active), None)
+                if victim is not None:
+                    del cpu[victim]
         w.loads += 1
         w.load_s += cost
         slots[a] = None
@@ -464,7 +569,7 @@ def run(
             if count is None:
                 w.active[a] = 1
                 w.act_wait += waiting
-                load += activate(w, a)
+                load += activate(w, a, now)
             else:
                 w.active[a] = count + 1
                 w.act_wait -= 1
@@ -612,4 +717,9 @@ def run(
         wall_s=wall,
         rejected=rejected,
         options=options,
+        fetches=np.array([w.fetches for w in states], dtype=np.int64),
+        fetch_s=np.array([w.fetch_s for w in states]),
+        fetch_wait_s=np.array([w.fetch_wait for w in states]),
+        link_bytes=link_bytes,
+        topology=topo,
     )

@@ -11,7 +11,11 @@
   packed load-balanced under the same slot, memory and replica limits, weighted routing.
 * ``loraserve-greedy``: the LoRAServe paper's heuristic (``solve(solver="loraserve-greedy")``)
   with weighted routing over each adapter's replicas.
-* ``loraserve``: the solver's plan (``solve(solver="auto")``) with weighted routing.
+* ``loraserve``: the solver's plan (``solve(solver="auto")``) with weighted routing, by
+  replication only (a config's ``topology`` is set aside).
+* ``loraserve-remote``: the same with remote access over the config's ``topology``: GPUs may
+  serve adapters they fetch from a hosting peer (:mod:`loraserve.solver.remote`); the
+  simulator charges each fetch the link time, with contention. Needs a ``topology`` section.
 
 A policy asked for a given number of GPUs ``N`` plans with **headroom**: the plan is made for
 the traffic times ``h``, with the largest ``h`` whose plan fits on ``N`` GPUs (more headroom
@@ -38,7 +42,7 @@ from loraserve.solver.build import build_plan
 logger = logging.getLogger(__name__)
 
 POLICIES: tuple[str, ...] = ("vllm-default", "rank-agnostic-packing", "loraserve-greedy",
-                             "loraserve")
+                             "loraserve", "loraserve-remote")
 
 #: Headroom factors the search for a fleet size stays within.
 MIN_HEADROOM, MAX_HEADROOM = 1 / 64, 64.0
@@ -104,12 +108,17 @@ def deployment_from_plan(plan: PlacementPlan, config: Config, policy: str = "pla
         if not replicas and config.adapters[a].request_rate > 0:
             raise ConfigError(f"plan: adapter '{config.adapters[a].id}' has no route; "
                               "give every adapter a GPU")
+    fetched: dict[str, list[tuple[int, str]]] = {}
+    for adapter_id, gpu_id, source in plan.remote_pairs():
+        if adapter_id in index:
+            fetched.setdefault(gpu_id, []).append((index[adapter_id], source))
     workers = []
     for k, gpu in enumerate(plan.gpus):
         ids = [index[a] for a in gpu.adapters if a in index]
         order = [-traffic.get((k, a), 0.0) for a in ids]
         hosted = [a for _, a in sorted(zip(order, ids, strict=True))]
-        workers.append(Worker(gpu.gpu_id, gpu.gpu_type, gpu.tier, tuple(hosted)))
+        workers.append(Worker(gpu.gpu_id, gpu.gpu_type, gpu.tier, tuple(hosted),
+                              tuple(fetched.get(gpu.gpu_id, ()))))
     return Deployment(policy, tuple(workers), tuple(tuple(r) for r in routes), plan, headroom)
 
 
@@ -150,6 +159,8 @@ def _vllm_default(config: Config, model: CostModel, gpus: int | None) -> Deploym
 def _plan_once(policy: str, config: Config, model: CostModel, time_limit: float, seed: int,
                fast: bool) -> PlacementPlan | None:
     """The policy's plan for ``config`` (None where it finds none)."""
+    if policy == "loraserve":
+        config = config.without_remote()
     if policy == "rank-agnostic-packing":
         inst = Instance.build(config, model)
         try:
@@ -158,6 +169,7 @@ def _plan_once(policy: str, config: Config, model: CostModel, time_limit: float,
             return None
         return build_plan(inst, gpus)
     solver = {"loraserve": "greedy" if fast else "auto",
+              "loraserve-remote": "greedy" if fast else "auto",
               "loraserve-greedy": "loraserve-greedy"}[policy]
     result = solve(config, solver=solver, time_limit=time_limit, seed=seed,  # type: ignore[arg-type]
                    cost_model=model)
@@ -166,7 +178,11 @@ def _plan_once(policy: str, config: Config, model: CostModel, time_limit: float,
 
 def _with_pool(config: Config, gpus: int) -> Config:
     pools = tuple(p.model_copy(update={"count": gpus}) for p in config.pools)
-    return config.model_copy(update={"pools": pools})
+    update: dict[str, object] = {"pools": pools}
+    if config.topology is not None and config.topology.nodes is not None:
+        # The node count follows the pool; a declared count would contradict the new size.
+        update["topology"] = config.topology.model_copy(update={"nodes": None})
+    return config.model_copy(update=update)
 
 
 def _fits(plan: PlacementPlan | None, gpus: int) -> bool:
@@ -219,6 +235,9 @@ def deploy(
     model = cost_model or CostModel.from_config(config)
     if policy == "vllm-default":
         return _vllm_default(config, model, gpus)
+    if policy == "loraserve-remote" and not config.remote_enabled:
+        raise ConfigError("loraserve-remote: the config has no topology with remote_access; "
+                          "add a topology section (see docs/remote.md)")
     if gpus is None:
         plan = _plan_once(policy, config, model, time_limit, seed, fast=False)
         if plan is None:
@@ -239,7 +258,7 @@ def deploy(
     if plan is None:
         raise ConfigError(f"{policy}: finds no valid plan on {gpus} GPUs even for 1/"
                           f"{1 / MIN_HEADROOM:g} of the traffic")
-    if policy == "loraserve":
+    if policy in ("loraserve", "loraserve-remote"):
         final = plan_at(headroom, fast=False)
         if final is not None and final.num_gpus <= gpus:
             plan = final

@@ -92,6 +92,11 @@ def solve(
     config : Config
         Validated inputs.
     solver : {"auto", "milp", "cpsat", "lns", "greedy", "loraserve-greedy"}
+        With a ``topology`` whose ``remote_access`` is on (and no ``current``), every solver
+        but ``loraserve-greedy`` also plans remote pairs (:mod:`loraserve.solver.remote`):
+        the replication-only plan and the remote greedy compete, and ``milp``, ``cpsat``
+        and ``auto`` (on small instances) run the exact remote model; half the time limit
+        goes to the replication-only solve.
         ``greedy``: loraserve's constructive heuristic with tier lowering and GPU elimination.
         ``loraserve-greedy``: the LoRAServe paper's heuristic (per-rank budgets, fractional
         packing), at the fewest GPUs where its plan is valid. ``milp`` (HiGHS) and ``cpsat``
@@ -128,6 +133,19 @@ def solve(
         raise ValueError(f"solver must be one of {', '.join(SOLVERS)}, not {solver!r}")
     if max_moves is not None and current is None:
         raise ValueError("max_moves applies to a re-plan: pass current= as well")
+    if config.remote_enabled and current is None and solver != "loraserve-greedy":
+        # Imported here: the remote module imports this one's helpers' modules, and plans
+        # without a topology must not pay for it.
+        from loraserve.solver.remote import solve_remote
+
+        share = 0.5 if solver in ("auto", "milp", "cpsat", "lns") else 1.0
+
+        def replication(plain: Config) -> SolveResult:
+            return solve(plain, solver=solver, time_limit=time_limit * share, seed=seed,
+                         threads=threads, cost_model=cost_model, progress=progress)
+
+        return solve_remote(config, solver, time_limit, seed, threads, cost_model,
+                            replication)
     quiet_banner()
     started = time.perf_counter()
     deadline = started + time_limit

@@ -94,6 +94,9 @@ def test_plan_checks_without_network(folder: Path) -> None:
          "'x' is in the plan but not in the inventory"),
         (make_plan({"cpu-0": (64, ["a8", "a128", "b", "c", "d"])}, {}),
          "hosts 5 adapters but its worker holds at most 4"),
+        (make_plan({"cpu-0": (64, ["a8"])}, {"a8": {"cpu-0": 1.0}}).model_copy(
+            update={"remote": {"a8": {"cpu-1": "cpu-0"}}}),
+         "1 remote pairs (first: a8 on cpu-1 from cpu-0); apply cannot run remote access"),
     ]
     for plan, message in cases:
         with pytest.raises(ConfigError) as info:

@@ -88,4 +88,4 @@ def test_unknown_policy_and_mismatched_plan_are_refused(quickstart) -> None:  # 
     with pytest.raises(ConfigError, match="lacks"):
         deployment_from_plan(plan, quickstart)
     assert set(POLICIES) == {"vllm-default", "rank-agnostic-packing", "loraserve-greedy",
-                             "loraserve"}
+                             "loraserve", "loraserve-remote"}
