@@ -1389,12 +1389,14 @@ def relabel(new: PlacementPlan, previous: PlacementPlan, config: Config) -> Plac
     prev_gpus = sorted(previous.gpus, key=lambda g: _gpu_key(g.gpu_id))
     on_previous: dict[str, list[int]] = defaultdict(list)
     for j, gpu in enumerate(prev_gpus):
-        for adapter in set(gpu.adapters):
+        for adapter in sorted(set(gpu.adapters)):
             on_previous[adapter].append(j)
 
     shared: dict[tuple[int, int], float] = defaultdict(float)
     for i, gpu in enumerate(new_gpus):
-        for adapter in set(gpu.adapters):
+        # Sorted: float sums in set order would depend on string hashing, and so would the
+        # matching's tie-breaks.
+        for adapter in sorted(set(gpu.adapters)):
             size = sizes.get(adapter, mean_size)
             for j in on_previous.get(adapter, ()):
                 other = prev_gpus[j]

@@ -167,15 +167,27 @@ def solve(
 
     incumbent: list[OpenGPU] | None = None
     name: str = solver
+    from_scratch = False
     if current is not None and solver != "loraserve-greedy":
         name = "incremental"
         try:
             scratch = greedy_placement(inst, target=best_bound)
-            outcome = incremental_placement(inst, current, plan_cost(inst, scratch), max_moves)
         except InfeasibleError as exc:
             return _infeasible(str(exc), exc.binding, name, started)
-        incumbent = outcome.gpus
-        message = f"from scratch: {plan_cost(inst, scratch):g}; {bound.message}"
+        try:
+            outcome = incremental_placement(inst, current, plan_cost(inst, scratch), max_moves)
+            incumbent = outcome.gpus
+            message = f"from scratch: {plan_cost(inst, scratch):g}; {bound.message}"
+        except InfeasibleError as exc:
+            if exc.binding == "moves":
+                return _infeasible(str(exc), exc.binding, name, started)
+            # The running plan's replicas can be a dead end (an adapter at max_replicas on
+            # full GPUs) where a fresh packing is not: take the from-scratch plan, renamed
+            # below to overlap the running one, and let max_moves judge its loads.
+            logger.info("incremental re-plan failed (%s); using the from-scratch plan", exc)
+            incumbent, from_scratch = scratch, True
+            message = (f"the running plan could not carry the new rates ({exc}); re-planned "
+                       f"from scratch, GPUs renamed to overlap it; {bound.message}")
     elif solver == "loraserve-greedy":
         try:
             incumbent = _paper_plan(inst, best_bound)
@@ -253,8 +265,9 @@ def solve(
                            message=f"no plan found in {time_limit:g} s; {bound.message}")
     plan = build_plan(inst, incumbent)
     if current is not None:
-        if name == "loraserve-greedy":
-            # The paper re-plans from scratch, then renames GPUs to overlap the running plan.
+        if name == "loraserve-greedy" or from_scratch:
+            # A from-scratch plan (the paper's way, or the fall-back above): rename its GPUs
+            # to overlap the running plan.
             plan = relabel(plan, current, config)
         moves = migration_cost(current, plan, config)
         if max_moves is not None and moves["loads"] > max_moves:

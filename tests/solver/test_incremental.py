@@ -174,3 +174,26 @@ def test_drifted_slot_bound_fleet_replans() -> None:
     result = replan(changed, running)
     assert result.plan is not None
     assert result.plan.verify(changed) == []
+
+
+def test_a_dead_end_on_the_running_replicas_falls_back_to_a_renamed_scratch_plan() -> None:
+    # One replica per adapter: when "hot" outgrows the GPU it shares with "c0".."c2", its
+    # only replica cannot carry it and it may not get a second one. A fresh packing (hot
+    # alone) can; the re-plan takes it, renamed onto the running GPUs.
+    load = rate_for_load(1.0)
+    adapters = [adapter("hot", 8, 0.3 * load)] + [adapter(f"c{i}", 8, 0.2 * load)
+                                                   for i in range(3)]
+    config = make_config(adapters, count=4, serving={"max_replicas": 1})
+    current = loraserve.plan(config, time_limit=5.0).plan
+    assert current is not None and current.num_gpus == 1
+    grown = with_rates(config, {"hot": 0.8 * load})
+    result = replan(grown, current)
+    assert result.plan is not None, result.message
+    assert result.plan.verify(grown) == []
+    assert "re-planned from scratch" in result.message
+    assert result.plan.num_gpus == 2
+    # Renamed: the running GPU's id is kept for the GPU that shares most with it.
+    assert current.gpus[0].gpu_id in {g.gpu_id for g in result.plan.gpus}
+    # max_moves still judges the fall-back's loads.
+    capped = replan(grown, current, max_moves=0)
+    assert capped.plan is None and capped.binding == "moves"
