@@ -8,7 +8,11 @@ running. Here the running plan is the starting point and every change is paid fo
    the config are dropped; a tier the config no longer offers moves to the lowest usable tier
    that admits what it hosts, which restarts that worker).
 2. **Re-route** (free): an LP on HiGHS spreads each adapter's new traffic over the replicas it
-   already has, within every GPU's SLO capacity, minimizing the GPU time left unserved.
+   already has, within every GPU's SLO capacity, minimizing the GPU time left unserved. An
+   adapter already at ``max_replicas`` is served first: nothing it leaves could be placed,
+   so other adapters make room for it on its GPUs.
+   If a re-placement still dead-ends, :func:`loraserve.solve` falls back to the from-scratch
+   plan renamed onto the running GPUs.
 3. **Load** (paid): unserved traffic and new adapters are placed by the greedy's placement
    rule (a GPU that already hosts the adapter, else the lowest admitting tier with the
    tightest fit, else a new GPU), so each needed replica is one adapter load.
@@ -37,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: Least utilized GPUs tried per consolidation pass.
 CONSOLIDATE_VICTIMS = 16
+#: How much more an unserved share of an adapter at ``max_replicas`` weighs in re-routing.
+STUCK_WEIGHT = 1000.0
 
 
 @dataclass
@@ -111,13 +117,16 @@ def _route(inst: Instance, gpus: list[OpenGPU]) -> np.ndarray:
     # dozen cold ones. The byte term is scaled to 0.3 of the time term on average; on the
     # benchmark 0.01 made 2.5x the loads and 0.3 to 3 gave the same plans.
     weight = float(np.mean(best[hosted])) / max(float(np.mean(inst.bytes[hosted])), 1.0)
-    model += pulp.lpSum((float(best[a]) + 0.3 * weight * float(inst.bytes[a])) * u[a]
-                        for a in hosted)
     by_adapter: dict[int, list[int]] = {}
     by_gpu: dict[int, list[int]] = {}
     for a, g in pairs:
         by_adapter.setdefault(a, []).append(g)
         by_gpu.setdefault(g, []).append(a)
+    # An adapter at max_replicas can take no new replica: what its replicas do not carry
+    # cannot be placed at all, so it goes first and other adapters make room for it.
+    stuck = {a for a, gs in by_adapter.items() if len(gs) >= inst.max_replicas}
+    model += pulp.lpSum((float(best[a]) + 0.3 * weight * float(inst.bytes[a]))
+                        * (STUCK_WEIGHT if a in stuck else 1.0) * u[a] for a in hosted)
     for a, gs in by_adapter.items():
         model += (pulp.lpSum(x[a, g] for g in gs) + u[a] == 1, f"route_{a}")
     for g, adapters in by_gpu.items():

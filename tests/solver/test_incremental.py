@@ -176,23 +176,42 @@ def test_drifted_slot_bound_fleet_replans() -> None:
     assert result.plan.verify(changed) == []
 
 
-def test_a_dead_end_on_the_running_replicas_falls_back_to_a_renamed_scratch_plan() -> None:
-    # One replica per adapter: when "hot" outgrows the GPU it shares with "c0".."c2", its
-    # only replica cannot carry it and it may not get a second one. A fresh packing (hot
-    # alone) can; the re-plan takes it, renamed onto the running GPUs.
+def test_an_adapter_at_max_replicas_gets_room_on_its_replicas() -> None:
+    # At most two replicas: "hot" runs on both GPUs beside the cold adapters. When it grows
+    # past what its share of them carries it may not get a third replica, so cold adapters
+    # make room on its GPUs and move to a new one instead.
     load = rate_for_load(1.0)
-    adapters = [adapter("hot", 8, 0.3 * load)] + [adapter(f"c{i}", 8, 0.2 * load)
-                                                   for i in range(3)]
-    config = make_config(adapters, count=4, serving={"max_replicas": 1})
+    adapters = [adapter("hot", 8, 1.2 * load)] + [adapter(f"c{i}", 8, 0.15 * load)
+                                                   for i in range(4)]
+    config = make_config(adapters, count=4, serving={"max_replicas": 2})
     current = loraserve.plan(config, time_limit=5.0).plan
-    assert current is not None and current.num_gpus == 1
-    grown = with_rates(config, {"hot": 0.8 * load})
+    assert current is not None and current.num_gpus == 2 and len(current.routes["hot"]) == 2
+    grown = with_rates(config, {"hot": 1.9 * load})
+    result = replan(grown, current)
+    assert result.plan is not None, result.message
+    assert result.plan.verify(grown) == []
+    assert "re-planned from scratch" not in result.message
+    assert result.plan.num_gpus == 3
+    # "hot" keeps its two GPUs; only cold adapters load elsewhere.
+    assert set(result.plan.routes["hot"]) == set(current.routes["hot"])
+    moved = hosted(result.plan) - hosted(current)
+    assert moved and all(a.startswith("c") for _, a in moved)
+
+
+def test_a_dead_end_on_the_running_replicas_falls_back_to_a_renamed_scratch_plan() -> None:
+    # "hot" (rank 8) runs on a tier-64 GPU beside a rank-64 adapter, one replica each. Grown
+    # past what a tier-64 GPU carries, it fits only on a GPU of a lower tier, which the
+    # running plan's GPU is not: a fresh plan is taken, renamed onto the running GPUs.
+    load = rate_for_load(1.0)
+    config = make_config([adapter("hot", 8, 0.1 * load), adapter("big", 64, 0.1 * load)],
+                         count=4, serving={"max_replicas": 1})
+    current = loraserve.plan(config, time_limit=5.0).plan
+    assert current is not None and current.num_gpus == 1 and current.gpus[0].tier == 64
+    grown = with_rates(config, {"hot": 0.97 * load})
     result = replan(grown, current)
     assert result.plan is not None, result.message
     assert result.plan.verify(grown) == []
     assert "re-planned from scratch" in result.message
-    assert result.plan.num_gpus == 2
-    # Renamed: the running GPU's id is kept for the GPU that shares most with it.
     assert current.gpus[0].gpu_id in {g.gpu_id for g in result.plan.gpus}
     # max_moves still judges the fall-back's loads.
     capped = replan(grown, current, max_moves=0)
