@@ -205,6 +205,7 @@ class DriftController:
         self.estimator = RateEstimator(self.policy.half_life_s)
         self._streak = 0
         self._last_replan = -math.inf
+        self._unknown: set[str] = set()
         self.metrics.gpus.set(plan.num_gpus)
 
     def observe(self, counters: Counters) -> Config:
@@ -213,10 +214,14 @@ class DriftController:
         rates = self.estimator.rates()
         # An adapter the counters never mention has had no request since they started.
         observed = {a.id: rates.get(a.id, 0.0) for a in self.config.adapters}
-        unknown = sorted(set(rates) - {a.id for a in self.config.adapters})
-        if unknown:
-            logger.warning("traffic for %d adapters not in the config (first: %s); add them "
-                           "to the config to place them", len(unknown), unknown[0])
+        unknown = set(rates) - {a.id for a in self.config.adapters}
+        new = sorted(unknown - self._unknown)
+        if new:
+            # Once per adapter, not on every scrape: the rates of the rest are still used.
+            logger.warning("traffic for %d adapters not in the config (%s%s); add them to the "
+                           "config to place them", len(new), ", ".join(new[:3]),
+                           ", ..." if len(new) > 3 else "")
+        self._unknown |= unknown
         return with_rates(self.config, observed, self.estimator.token_means())
 
     def step(self, counters: Counters) -> Decision:
@@ -281,7 +286,7 @@ class DriftController:
         migration = plan_migration(self.plan, result.plan, config)
         reason = (f"re-plan ({trigger}): {reason}; {self.plan.num_gpus} -> "
                   f"{result.plan.num_gpus} GPUs, {migration.loads} loads, "
-                  f"{migration.bytes_moved / 2**30:.2f} GiB")
+                  f"{_size(migration.bytes_moved)}")
         return self._decided(Decision(now, "replan", trigger, reason, utilization, config,
                                       saving, result.plan, migration))
 
@@ -305,6 +310,11 @@ class DriftController:
         log = logger.info if decision.action == "replan" else logger.debug
         log("drift %.0f s: %s", decision.time, decision.reason)
         return decision
+
+
+def _size(size: float) -> str:
+    """Bytes in GiB, or in MiB below one GiB (small adapters would all read 0.00 GiB)."""
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
 
 
 def _unit(config: Config) -> float:

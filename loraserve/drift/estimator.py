@@ -26,12 +26,17 @@ class Counters:
         Seconds on any monotonic clock shared by successive readings.
     requests, prompt_tokens, output_tokens : mapping of str to float
         Totals since the counter's start, per adapter id.
+    usage_requests : mapping of str to float, optional
+        The requests whose tokens the token counters hold, where that is not all of them (a
+        router sees the usage of a streamed answer only when the client asked for it); the
+        token means divide by these. All requests when omitted.
     """
 
     time: float
     requests: Mapping[str, float]
     prompt_tokens: Mapping[str, float]
     output_tokens: Mapping[str, float]
+    usage_requests: Mapping[str, float] | None = None
 
 
 class RateEstimator:
@@ -47,9 +52,12 @@ class RateEstimator:
     Notes
     -----
     A counter that goes down (a worker or router restarted) counts as restarted from zero:
-    its new value is the interval's count. Token means move only with intervals that saw
-    requests; an adapter that stops receiving traffic keeps its last means and its rate
-    decays toward zero.
+    its new value is the interval's count. The first interval starts each adapter at its own
+    rate; an adapter that first appears later (a counter is exported only once it has
+    counted something) had no requests before, so it starts at zero and rises with the
+    half-life like any other change. Token means move only with intervals that counted
+    tokens (requests whose usage was seen, see ``Counters.usage_requests``); an adapter that
+    stops receiving traffic keeps its last means and its rate decays toward zero.
     """
 
     def __init__(self, half_life_s: float = 300.0) -> None:
@@ -78,14 +86,21 @@ class RateEstimator:
         for adapter in set(counters.requests) | set(self._rate):
             requests = _delta(counters.requests, last.requests, adapter)
             rate = requests / dt
-            if adapter not in self._rate:
-                # A new adapter starts at its first interval's rate, not at zero.
+            if adapter not in self._rate and self.intervals == 1:
+                # The first interval starts every adapter at its own rate, not at zero.
                 self._rate[adapter] = rate
+            elif adapter not in self._rate:
+                # Unseen until now: its counter did not exist, so it had no requests, and a
+                # burst of a new adapter is smoothed like any other change.
+                self._rate[adapter] = weight * rate
             else:
                 self._rate[adapter] += weight * (rate - self._rate[adapter])
-            if requests > 0:
-                prompt = _delta(counters.prompt_tokens, last.prompt_tokens, adapter) / requests
-                output = _delta(counters.output_tokens, last.output_tokens, adapter) / requests
+            counted = requests
+            if counters.usage_requests is not None:
+                counted = _delta(counters.usage_requests, last.usage_requests or {}, adapter)
+            if counted > 0:
+                prompt = _delta(counters.prompt_tokens, last.prompt_tokens, adapter) / counted
+                output = _delta(counters.output_tokens, last.output_tokens, adapter) / counted
                 for means, value in ((self._prompt, prompt), (self._output, output)):
                     if value > 0:
                         old = means.get(adapter)

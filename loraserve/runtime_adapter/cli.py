@@ -180,10 +180,27 @@ def _cmd_watch(args: argparse.Namespace) -> int:
                           registry=controller.metrics.registry)
     else:
         controller = None
+
+    async def follow() -> None:
+        # SIGTERM or Ctrl-C ends the loop between steps (a migration under way is finished
+        # and committed first); the same signal again stops at once (apply resumes later).
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def stopping(signum: int) -> None:
+            _out("stopping after the current step (again to stop now)")
+            stop.set()
+            loop.remove_signal_handler(signum)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping, signum)
+        await watch(config, inventory, policy, args.interval, steps=1 if args.once else None,
+                    dry_run=args.dry_run, report=show, controller=controller, stop=stop)
+        if stop.is_set():
+            _out("stopped")
+
     try:
-        asyncio.run(watch(config, inventory, policy, args.interval,
-                          steps=1 if args.once else None, dry_run=args.dry_run, report=show,
-                          controller=controller))
+        asyncio.run(follow())
     except KeyboardInterrupt:
         _out("stopped")
     except RuntimeAdapterError as exc:

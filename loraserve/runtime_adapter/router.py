@@ -14,7 +14,10 @@ it changes (polled), on ``SIGHUP`` or on ``POST /loraserve/reload``; the new tab
 the old one in a single assignment, so a request in flight keeps the worker it got and none
 is dropped. ``GET /loraserve/state`` reports the table's version and the requests in flight
 per adapter and worker, which ``loraserve apply`` reads to know when an old replica is idle.
-``GET /metrics`` exposes per-adapter request counts and latencies for drift detection.
+``GET /metrics`` exposes per-adapter request counts and latencies for drift detection, and
+the token counts the answers report (the ``usage`` of every non-streamed completion, and of a
+streamed one whose client asked for it with ``stream_options.include_usage``), read from the
+bytes as they pass; the router never changes a request to get them.
 
 The server side is the standard library's asyncio streams with ``h11`` (the HTTP/1.1
 protocol engine httpx itself is built on) doing the parsing; the client side is httpx.
@@ -86,6 +89,85 @@ class _Metrics:
                              "health check", ["worker"], registry=registry)
         self.reloads = Counter("loraserve_router_table_reloads", "Routing tables loaded",
                                registry=registry)
+        self.usage_requests = Counter("loraserve_router_usage_requests", "Answered requests "
+                                      "whose response reported its token usage, by adapter",
+                                      ["adapter"], registry=registry)
+        self.prompt_tokens = Counter("loraserve_router_prompt_tokens", "Prompt tokens of the "
+                                     "requests counted in loraserve_router_usage_requests",
+                                     ["adapter"], registry=registry)
+        self.completion_tokens = Counter("loraserve_router_completion_tokens", "Generated "
+                                         "tokens of the requests counted in "
+                                         "loraserve_router_usage_requests", ["adapter"],
+                                         registry=registry)
+
+
+class UsageReader:
+    """The token usage an OpenAI response reports, read from its bytes as they pass.
+
+    A JSON answer carries ``usage`` at its end; a server-sent event stream carries it in an
+    event of its own when the client asked for ``stream_options.include_usage`` (and in every
+    event with ``continuous_usage_stats``: the last one counts). Anything else (no usage, a
+    body too large to keep, bytes that do not parse) yields None and counts nothing.
+
+    Parameters
+    ----------
+    streamed : bool
+        Whether the body is an event stream (``text/event-stream``).
+    """
+
+    #: Largest JSON body kept to read its usage, and longest event line.
+    LIMIT = 1 << 20
+
+    def __init__(self, streamed: bool) -> None:
+        self.streamed = streamed
+        self._buffer = bytearray()
+        self._usage: dict[str, Any] | None = None
+        self._overflow = False
+
+    def feed(self, chunk: bytes) -> None:
+        """Read the next bytes of the body."""
+        if self._overflow:
+            return
+        self._buffer += chunk
+        if self.streamed:
+            *lines, rest = bytes(self._buffer).split(b"\n")
+            self._buffer = bytearray(rest)
+            for line in lines:
+                self._event_line(line)
+        if len(self._buffer) > self.LIMIT:
+            self._overflow = True
+            self._buffer = bytearray()
+
+    def _event_line(self, line: bytes) -> None:
+        # Parse only the events that can carry usage: the others need no JSON decoding.
+        if not line.startswith(b"data:") or b'"usage"' not in line:
+            return
+        try:
+            event = json.loads(line[5:])
+        except ValueError:
+            return
+        if isinstance(event, dict) and isinstance(event.get("usage"), dict):
+            self._usage = event["usage"]
+
+    def usage(self) -> tuple[int, int] | None:
+        """``(prompt_tokens, completion_tokens)`` of the whole body, or None."""
+        if self._overflow:
+            return None
+        if self.streamed:
+            self._event_line(bytes(self._buffer))
+            usage = self._usage
+        else:
+            try:
+                body = json.loads(bytes(self._buffer))
+            except ValueError:
+                return None
+            usage = body.get("usage") if isinstance(body, dict) else None
+        if not isinstance(usage, dict):
+            return None
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if not isinstance(prompt, int) or not isinstance(completion, int):
+            return None
+        return prompt, completion
 
 
 class _ReplyError(Exception):
@@ -461,12 +543,18 @@ class Router:
         first = True
         chunks = [content] if content is not None else None
         source = _replay(chunks) if chunks is not None else response.aiter_raw()
+        # Token usage of answered requests (raw bytes: a compressed body is not read).
+        reader = (UsageReader(response.headers.get("content-type", "").startswith(
+            "text/event-stream")) if response.status_code == 200
+            and "content-encoding" not in response.headers else None)
         async for chunk in source:
             if not chunk:
                 continue
             if first:
                 self.metrics.first_byte.labels(label).observe(time.perf_counter() - arrived)
                 first = False
+            if reader is not None:
+                reader.feed(chunk)
             writer.write(conn.send(h11.Data(data=chunk)))
             await writer.drain()
         writer.write(conn.send(h11.EndOfMessage()))
@@ -475,6 +563,11 @@ class Router:
             self.metrics.first_byte.labels(label).observe(time.perf_counter() - arrived)
         self.metrics.latency.labels(label).observe(time.perf_counter() - arrived)
         self.metrics.requests.labels(label, gpu_id, str(response.status_code)).inc()
+        usage = reader.usage() if reader is not None else None
+        if usage is not None:
+            self.metrics.usage_requests.labels(label).inc()
+            self.metrics.prompt_tokens.labels(label).inc(usage[0])
+            self.metrics.completion_tokens.labels(label).inc(usage[1])
         return "done"
 
 

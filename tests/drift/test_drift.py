@@ -6,12 +6,14 @@ import pytest
 
 from loraserve.drift import (
     Counters,
+    Decision,
     DriftController,
     DriftPolicy,
     RateEstimator,
     predicted_utilization,
     with_rates,
 )
+from loraserve.models import Config, PlacementPlan
 from loraserve.models.synthetic import synthetic_config
 from loraserve.solver import solve
 
@@ -72,9 +74,11 @@ def test_counter_reset_counts_from_zero_and_bad_times_are_ignored() -> None:
 
 # ---- the controller ------------------------------------------------------------------------
 
+DriftFleet = tuple[Config, PlacementPlan]
+
 
 @pytest.fixture(scope="module")
-def fleet() -> tuple:
+def fleet() -> DriftFleet:
     config = synthetic_config(40, 60.0, gpu_count=40, seed=2,
                               serving={"max_loras": 8, "max_cpu_loras": 16})
     plan = solve(config, solver="greedy").plan
@@ -83,7 +87,7 @@ def fleet() -> tuple:
 
 
 def feed(controller: DriftController, rates: dict[str, float], start: float, steps: int,
-         dt: float, totals: dict[str, float]) -> list:
+         dt: float, totals: dict[str, float]) -> list[Decision]:
     tokens = {a.id: (a.prompt_tokens, a.output_tokens) for a in controller.config.adapters}
     decisions = []
     for c in readings(rates, start, steps, dt, totals, tokens)[1:]:
@@ -92,7 +96,7 @@ def feed(controller: DriftController, rates: dict[str, float], start: float, ste
     return decisions
 
 
-def test_steady_traffic_keeps_the_plan(fleet: tuple) -> None:
+def test_steady_traffic_keeps_the_plan(fleet: DriftFleet) -> None:
     config, plan = fleet
     controller = DriftController(config, plan, DriftPolicy(half_life_s=30, time_limit=2))
     rates = {a.id: a.request_rate for a in config.adapters}
@@ -104,7 +108,7 @@ def test_steady_traffic_keeps_the_plan(fleet: tuple) -> None:
     assert "keep" in decisions[-1].reason
 
 
-def test_a_hot_shift_replans_at_once_and_the_new_plan_holds(fleet: tuple) -> None:
+def test_a_hot_shift_replans_at_once_and_the_new_plan_holds(fleet: DriftFleet) -> None:
     config, plan = fleet
     policy = DriftPolicy(half_life_s=1.0, time_limit=2, cooldown_s=1e9, patience=100)
     controller = DriftController(config, plan, policy)
@@ -131,7 +135,7 @@ def test_a_hot_shift_replans_at_once_and_the_new_plan_holds(fleet: tuple) -> Non
         == decision.migration.loads > 0
 
 
-def test_a_saving_waits_for_patience_and_cooldown(fleet: tuple) -> None:
+def test_a_saving_waits_for_patience_and_cooldown(fleet: DriftFleet) -> None:
     config, plan = fleet
     policy = DriftPolicy(half_life_s=1.0, time_limit=2, patience=3, cooldown_s=0.0)
     controller = DriftController(config, plan, policy)
@@ -150,7 +154,7 @@ def test_a_saving_waits_for_patience_and_cooldown(fleet: tuple) -> None:
     assert all(d.action == "keep" for d in after)
 
 
-def test_with_rates_and_policy_checks(fleet: tuple) -> None:
+def test_with_rates_and_policy_checks(fleet: DriftFleet) -> None:
     config, _ = fleet
     first = config.adapters[0].id
     changed = with_rates(config, {first: 7.0}, {first: (50.0, 5.0)})
@@ -164,7 +168,7 @@ def test_with_rates_and_policy_checks(fleet: tuple) -> None:
     assert math.isfinite(DriftPolicy().cooldown_s)
 
 
-def test_a_shift_no_plan_can_carry_is_reported_and_the_fleet_kept(fleet: tuple) -> None:
+def test_a_shift_no_plan_can_carry_is_reported_and_the_fleet_kept(fleet: DriftFleet) -> None:
     config, plan = fleet
     controller = DriftController(config, plan, DriftPolicy(half_life_s=1.0, time_limit=2))
     rates = {a.id: a.request_rate for a in config.adapters}
@@ -176,3 +180,37 @@ def test_a_shift_no_plan_can_carry_is_reported_and_the_fleet_kept(fleet: tuple) 
     assert decision.action == "keep" and decision.trigger == "slo"
     assert "max_replicas" in decision.reason and hottest in decision.reason
     assert controller.plan is plan
+
+
+def test_an_adapter_first_seen_later_rises_with_the_half_life() -> None:
+    est = RateEstimator(half_life_s=10)
+    est.observe(Counters(0.0, {"a": 0.0}, {}, {}))
+    est.observe(Counters(10.0, {"a": 10.0}, {}, {}))
+    # The first interval starts every adapter at its own rate.
+    assert est.rates() == pytest.approx({"a": 1.0})
+    # "b" appears only once it has requests (a router exports a counter from its first
+    # count): it had none before, so one half-life of 4 req/s reads 2, not 4.
+    est.observe(Counters(20.0, {"a": 20.0, "b": 40.0}, {}, {}))
+    assert est.rates() == pytest.approx({"a": 1.0, "b": 2.0})
+
+
+def test_token_means_divide_by_the_requests_whose_usage_was_seen() -> None:
+    est = RateEstimator(half_life_s=1e-9)
+    est.observe(Counters(0.0, {"a": 0.0, "b": 0.0}, {}, {}, {}))
+    # Ten requests of "a", four of which reported 50 prompt and 5 generated tokens each;
+    # none of "b"'s did, so "b" has no means (it keeps the configured ones).
+    est.observe(Counters(10.0, {"a": 10.0, "b": 3.0}, {"a": 200.0}, {"a": 20.0}, {"a": 4.0}))
+    assert est.token_means() == {"a": pytest.approx((50.0, 5.0))}
+
+
+def test_traffic_outside_the_config_is_warned_about_once_per_adapter(
+        fleet: DriftFleet, caplog: pytest.LogCaptureFixture) -> None:
+    config, plan = fleet
+    controller = DriftController(config, plan, DriftPolicy(half_life_s=30, time_limit=2))
+    known = config.adapters[0].id
+    caplog.set_level("WARNING", logger="loraserve.drift.controller")
+    for step, extra in enumerate([{"x": 1.0}, {"x": 2.0}, {"x": 3.0, "y": 1.0}, {"x": 4.0}]):
+        controller.observe(Counters(10.0 * step, {known: 5.0 * step, **extra}, {}, {}))
+    warnings = [r.getMessage() for r in caplog.records if "not in the config" in r.getMessage()]
+    assert len(warnings) == 2
+    assert "(x)" in warnings[0] and "(y)" in warnings[1]
