@@ -8,9 +8,18 @@
   ``loraserve-greedy``, ``loraserve``;
 * :mod:`~loraserve.sim.results`: per-request, per-GPU and summary tables;
 * :mod:`~loraserve.sim.experiments`: GPUs needed, max sustainable rate, comparisons,
-  capacity curves.
+  capacity curves;
+* :mod:`~loraserve.sim.dynamic`: plans that change during a drifting trace (static,
+  periodic, drift-triggered re-planning, on-demand serving) side by side.
 """
 
+from loraserve.sim.dynamic import (
+    STRATEGIES,
+    DynamicOptions,
+    DynamicResult,
+    compare_dynamic,
+    plot_dynamic,
+)
 from loraserve.sim.engine import RunResult, SimOptions, Worker, run
 from loraserve.sim.experiments import (
     Comparison,
@@ -37,9 +46,12 @@ from loraserve.sim.workload import (
 
 __all__ = [
     "POLICIES",
+    "STRATEGIES",
     "Comparison",
     "Deployment",
     "Drift",
+    "DynamicOptions",
+    "DynamicResult",
     "Requests",
     "RunResult",
     "Scenario",
@@ -49,6 +61,7 @@ __all__ = [
     "Worker",
     "capacity",
     "compare",
+    "compare_dynamic",
     "deploy",
     "deployment_from_plan",
     "fit_token_means",
@@ -57,6 +70,7 @@ __all__ = [
     "max_rate",
     "plot_capacity",
     "plot_comparison",
+    "plot_dynamic",
     "requests_from_trace",
     "run",
     "scale_requests",

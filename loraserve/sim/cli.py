@@ -22,6 +22,7 @@ import pandas as pd
 from loraserve.models import Config, ConfigError, PlacementPlan, load_config
 from loraserve.models._files import write_atomic
 from loraserve.models.trace import load_azure_trace
+from loraserve.sim.dynamic import add_dynamic_arguments
 from loraserve.sim.engine import SimOptions
 from loraserve.sim.experiments import (
     Scenario,
@@ -273,7 +274,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK if s["meets_slo"] else EXIT_FAIL
 
 
-def _policies(args: argparse.Namespace) -> list[str]:
+def _policies(args: argparse.Namespace, config: Config) -> list[str]:
+    if args.policies is None:
+        # Remote access needs a topology: without one its row would only say "no plan".
+        return [p for p in POLICIES if p != "loraserve-remote" or config.remote_enabled]
     chosen: list[str] = []
     for item in args.policies:
         for name in item.replace(",", " ").split():
@@ -288,8 +292,12 @@ def _policies(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    if args.dynamic:
+        from loraserve.sim.dynamic import cmd_compare_dynamic
+
+        return cmd_compare_dynamic(args)
     config = load_config(args.config)
-    policies = _policies(args)
+    policies = _policies(args, config)
     traffic = _traffic(args, config)
     status = _Status(args.progress or (sys.stderr.isatty() and not args.quiet))
     # Curves need every run to the end; a table needs only each search run's verdict.
@@ -327,7 +335,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_capacity(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    policies = _policies(args)
+    policies = _policies(args, config)
     traffic = _traffic(args, config)
     status = _Status(args.progress or (sys.stderr.isatty() and not args.quiet))
     scenario = Scenario(traffic.config, traffic.requests_at, _options(args),
@@ -399,8 +407,9 @@ def register(sub: Any) -> None:
 
     comp = sub.add_parser("compare", help="compare placement policies on one trace")
     _workload_args(comp)
-    comp.add_argument("--policies", nargs="+", default=list(POLICIES), metavar="POLICY",
-                      help=f"policies to compare (default all: {', '.join(POLICIES)})")
+    comp.add_argument("--policies", nargs="+", default=None, metavar="POLICY",
+                      help=f"policies to compare ({', '.join(POLICIES)}; default all, "
+                           "loraserve-remote only when the config has a topology)")
     comp.add_argument("--gpus", type=_gpus, metavar="N",
                       help="fleet size for the fixed-size figures (default: loraserve's plan)")
     comp.add_argument("--no-search", action="store_true",
@@ -413,6 +422,7 @@ def register(sub: Any) -> None:
     comp.add_argument("--jobs", type=_gpus, default=_cpus(), metavar="N",
                       help="policies simulated at once, one process each (default: the "
                            "CPUs this process may use)")
+    add_dynamic_arguments(comp)
     comp.set_defaults(func=_cmd_compare)
 
     cap = sub.add_parser("capacity", help="GPUs needed against request rate")
