@@ -59,23 +59,26 @@ def _count(text: str) -> int:
     return value
 
 
+def format_plan(plan: PlacementPlan, config: Config) -> list[str]:
+    """GPUs per type and tier, and the totals, as ``loraserve plan`` prints them."""
+    lines = [f"{'gpu_type':<12} {'tier':>5} {'gpus':>5} {'adapters':>9} "
+             f"{'mean util':>10} {'max util':>9}"]
+    for row in plan.tier_table().itertuples(index=False):
+        lines.append(f"{row.gpu_type:<12} {row.tier:>5} {row.gpus:>5} {row.adapters:>9} "
+                     f"{row.mean_util:>10.1%} {row.max_util:>9.1%}")
+    gpus = plan.gpu_table()
+    lines.append(
+        f"{'total':<12} {'':>5} {plan.num_gpus:>5} {len(config.adapters):>9}   "
+        f"cost {plan.cost_per_hour(config):.2f}/h   worst predicted "
+        f"p{config.slo.percentile:g} TTFT {gpus['ttft_ms'].max():.0f} ms, "
+        f"TPOT {gpus['tpot_ms'].max():.1f} ms"
+    )
+    return lines
+
+
 def format_result(result: SolveResult, config: Config) -> str:
     """The table ``loraserve plan`` prints: GPUs per type and tier, then the solve figures."""
-    lines: list[str] = []
-    if result.plan is not None:
-        table = result.plan.tier_table()
-        lines.append(f"{'gpu_type':<12} {'tier':>5} {'gpus':>5} {'adapters':>9} "
-                     f"{'mean util':>10} {'max util':>9}")
-        for row in table.itertuples(index=False):
-            lines.append(f"{row.gpu_type:<12} {row.tier:>5} {row.gpus:>5} {row.adapters:>9} "
-                         f"{row.mean_util:>10.1%} {row.max_util:>9.1%}")
-        gpus = result.plan.gpu_table()
-        lines.append(
-            f"{'total':<12} {'':>5} {result.plan.num_gpus:>5} {len(config.adapters):>9}   "
-            f"cost {result.plan.cost_per_hour(config):.2f}/h   worst predicted "
-            f"p{config.slo.percentile:g} TTFT {gpus['ttft_ms'].max():.0f} ms, "
-            f"TPOT {gpus['tpot_ms'].max():.1f} ms"
-        )
+    lines = format_plan(result.plan, config) if result.plan is not None else []
     gap = "n/a" if result.gap is None else f"{result.gap:.1%}"
     objective = "n/a" if result.objective is None else f"{result.objective:g}"
     lines.append(
@@ -110,6 +113,9 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         raise ConfigError("--max-moves needs --current PLAN (the plan the moves start from)")
     if args.migration and current is None:
         raise ConfigError("--migration needs --current PLAN (the plan to migrate from)")
+    if args.simulate and current is not None:
+        raise ConfigError("--simulate sizes a fresh plan; drop --current, or check the re-plan "
+                          "with loraserve simulate")
     show = _progress_printer(args.progress or (sys.stderr.isatty() and not args.quiet))
     result = solve(config, solver=args.solver, time_limit=args.time_limit, seed=args.seed,
                    threads=args.threads, current=current, max_moves=args.max_moves,
@@ -122,10 +128,16 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     _out(format_result(result, config))
     if result.plan is None:
         return EXIT_FAIL
+    plan = result.plan
+    if args.simulate:
+        sized = _size_by_simulation(args, config, plan)
+        if sized is None:
+            return EXIT_FAIL
+        plan = sized
     migration = None
     if current is not None:
         try:
-            migration = plan_migration(current, result.plan, config)
+            migration = plan_migration(current, plan, config)
         except ValueError as exc:
             # No order of steps keeps every adapter live within the slots: nothing is written.
             _out(f"no safe migration: {exc}")
@@ -139,9 +151,49 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         migration.save(args.migration)
         _out(f"migration written to {args.migration} ({len(migration.steps)} steps)")
     if args.output:
-        result.plan.save(args.output)
+        plan.save(args.output)
         _out(f"plan written to {args.output}")
     return EXIT_OK
+
+
+def _size_by_simulation(args: argparse.Namespace, config: Config,
+                        plan: PlacementPlan) -> PlacementPlan | None:
+    """The plan on the fewest GPUs that meets the SLO in simulation, starting from ``plan``.
+
+    The planner's closed-form model can be optimistic (see docs/simulator.md); this replays
+    generated traffic at the config's rates against plans made with more and more headroom
+    and keeps the smallest fleet that meets the SLO. None (after saying why) when none does.
+    """
+    # Imported here: planning alone must not pay for the simulator's imports.
+    from loraserve.sim import Scenario, deployment_from_plan, generate_requests, gpus_needed
+
+    duration, seed = args.sim_duration, args.seed
+    scenario = Scenario(config, lambda s: generate_requests(config, duration, seed=seed,
+                                                            rate_scale=s),
+                        time_limit=min(args.time_limit, 10.0), seed=seed)
+    first = scenario.simulate(deployment_from_plan(plan, config, policy="loraserve"))
+    verdict = "meets" if first.meets_slo else "misses"
+    _out(f"simulated ({duration:g} s of generated Poisson traffic, seed {seed}): the plan "
+         f"{verdict} the SLO, {first.summary['slo_attainment']:.1%} of requests within it")
+    if first.meets_slo:
+        return plan
+    found = gpus_needed(scenario, "loraserve", start=plan.num_gpus + 1)
+    if found.value is None:
+        _out(f"no fleet up to {8 * (plan.num_gpus + 1)} GPUs meets the SLO in simulation; "
+             "check the SLO and the pools")
+        return None
+    deployment = scenario.deployment("loraserve", int(found.value))
+    if deployment is None or deployment.plan is None:
+        return None
+    sized = deployment.plan
+    problems = sized.verify(config)
+    if problems:
+        raise RuntimeError(f"the simulation-sized plan fails verify: {problems[0]}")
+    _out(f"the fewest GPUs that meet it in simulation: {sized.num_gpus} (planned for "
+         f"{deployment.headroom:.2f}x the rates); that plan is the one kept")
+    for line in format_plan(sized, config):
+        _out(line)
+    return sized
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -201,6 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print incumbent, bound and elapsed time while solving "
                            "(default on a terminal)")
     plan.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    plan.add_argument("--simulate", action="store_true",
+                      help="check the plan in the simulator on generated traffic; when it "
+                           "misses the SLO there, keep the smallest plan that meets it")
+    plan.add_argument("--sim-duration", type=_positive, default=120.0, metavar="S",
+                      help="seconds of generated traffic for --simulate (default 120)")
     plan.set_defaults(func=_cmd_plan)
 
     validate = sub.add_parser("validate", help="check a config and summarise it")

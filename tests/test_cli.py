@@ -224,3 +224,44 @@ def test_progress_lines_on_request(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert "greedy: incumbent 14" in err
     assert "bound 14" in err
+
+
+def test_plan_sized_by_simulation(quickstart_plan: Path, tmp_path: Path,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # The model's quickstart plan misses the SLO in simulation; --simulate keeps a larger one
+    # that meets it there, and that plan is still valid for the config.
+    out_plan = tmp_path / "sized.yaml"
+    assert main(["plan", str(QUICKSTART), "--solver", "greedy", "--simulate",
+                 "--sim-duration", "60", "-o", str(out_plan)]) == 0
+    out = capsys.readouterr().out
+    modelled = PlacementPlan.load(quickstart_plan).num_gpus
+    assert "the plan misses the SLO" in out
+    sized = PlacementPlan.load(out_plan)
+    assert sized.num_gpus > modelled
+    assert f"the fewest GPUs that meet it in simulation: {sized.num_gpus}" in out
+    assert sized.verify(load_config(QUICKSTART)) == []
+    # The kept plan does meet the SLO on the same traffic.
+    from loraserve.sim import Scenario, deployment_from_plan, generate_requests
+
+    config = load_config(QUICKSTART)
+    scenario = Scenario(config, lambda s: generate_requests(config, 60.0, seed=0, rate_scale=s))
+    assert scenario.simulate(deployment_from_plan(sized, config)).meets_slo
+
+
+def test_plan_simulate_keeps_a_plan_that_meets_the_slo(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    rate = rate_for_load(0.3)
+    path = write_config(tmp_path, base_raw([adapter(f"a{i}", 8, rate) for i in range(3)], None,
+                                           8))
+    out_plan = tmp_path / "p.yaml"
+    assert main(["plan", str(path), "--simulate", "-o", str(out_plan)]) == 0
+    out = capsys.readouterr().out
+    assert "the plan meets the SLO" in out
+    assert "fewest GPUs" not in out
+    assert PlacementPlan.load(out_plan).num_gpus == 1
+
+
+def test_plan_simulate_is_not_for_replans(quickstart_plan: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(QUICKSTART), "--current", str(quickstart_plan), "--simulate"]) == 2
+    assert "--simulate sizes a fresh plan" in capsys.readouterr().err
