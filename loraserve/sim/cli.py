@@ -28,6 +28,7 @@ from loraserve.sim.experiments import (
     Scenario,
     capacity,
     compare,
+    parse_names,
     plot_capacity,
     plot_comparison,
 )
@@ -278,17 +279,7 @@ def _policies(args: argparse.Namespace, config: Config) -> list[str]:
     if args.policies is None:
         # Remote access needs a topology: without one its row would only say "no plan".
         return [p for p in POLICIES if p != "loraserve-remote" or config.remote_enabled]
-    chosen: list[str] = []
-    for item in args.policies:
-        for name in item.replace(",", " ").split():
-            if name not in POLICIES:
-                raise ConfigError(f"--policies: unknown policy '{name}'; use "
-                                  f"{', '.join(POLICIES)}")
-            if name not in chosen:
-                chosen.append(name)
-    if not chosen:
-        raise ConfigError(f"--policies: name at least one of {', '.join(POLICIES)}")
-    return chosen
+    return parse_names(args.policies, POLICIES, "--policies", "policy")
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:

@@ -58,6 +58,7 @@ from loraserve.models.migration import plan_migration, relabel
 from loraserve.models.trace import load_azure_trace
 from loraserve.profiles import CostModel
 from loraserve.sim.engine import SimOptions, Worker, run, weighted_routes
+from loraserve.sim.experiments import parse_names, save_figure
 from loraserve.sim.policies import deploy, deployment_from_plan
 from loraserve.sim.results import SimResult
 from loraserve.sim.workload import (
@@ -525,17 +526,7 @@ def parse_strategies(names: Sequence[str]) -> list[str]:
     ConfigError
         For an unknown name, or none at all.
     """
-    chosen: list[str] = []
-    for item in names:
-        for name in item.replace(",", " ").split():
-            if name not in STRATEGIES:
-                raise ConfigError(f"--strategies: unknown strategy '{name}'; use "
-                                  f"{', '.join(STRATEGIES)}")
-            if name not in chosen:
-                chosen.append(name)
-    if not chosen:
-        raise ConfigError(f"--strategies: name at least one of {', '.join(STRATEGIES)}")
-    return chosen
+    return parse_names(names, STRATEGIES, "--strategies", "strategy")
 
 
 def compare_dynamic(config: Config, requests: Requests, strategies: Sequence[str] = STRATEGIES,
@@ -646,16 +637,10 @@ def plot_dynamic(result: DynamicResult, path: str | Path, title: str = "") -> No
     if title:
         fig.suptitle(textwrap.fill(title, 100), fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
-        fig.savefig(tmp, dpi=110)
-    except (OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"{path}: cannot write the plot ({exc})") from None
+        save_figure(fig, path)
     finally:
         plt.close(fig)
-    tmp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -510,7 +510,28 @@ def capacity(scenario: Scenario, policies: Sequence[str],
 
 
 
-def _save(fig: Any, path: str | Path) -> None:
+def parse_names(items: Sequence[str], known: Sequence[str], option: str,
+                what: str) -> list[str]:
+    """Names from ``items`` (each split on commas and spaces), checked, duplicates dropped.
+
+    Raises
+    ------
+    ConfigError
+        One line naming ``option`` for an unknown name, or when none is given.
+    """
+    chosen: list[str] = []
+    for item in items:
+        for name in item.replace(",", " ").split():
+            if name not in known:
+                raise ConfigError(f"{option}: unknown {what} '{name}'; use {', '.join(known)}")
+            if name not in chosen:
+                chosen.append(name)
+    if not chosen:
+        raise ConfigError(f"{option}: name at least one of {', '.join(known)}")
+    return chosen
+
+
+def save_figure(fig: Any, path: str | Path) -> None:
     """Save atomically: a failed write leaves an older picture intact."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
@@ -562,7 +583,7 @@ def plot_comparison(comparison: Comparison, path: str | Path, title: str = "") -
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -587,5 +608,5 @@ def plot_capacity(table: pd.DataFrame, path: str | Path, title: str = "") -> Non
     if title:
         axis.set_title(title)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
