@@ -60,6 +60,12 @@ class DriftPolicy:
         Most adapter loads one re-plan may take.
     time_limit : float
         Seconds for each solve.
+    margin : float
+        Plan and guard for this many times the smoothed rates. The planner's model can be
+        optimistic (``loraserve plan --simulate`` measures by how much), and right after a
+        shift the smoothed rate is still rising; a margin above 1 keeps a re-plan from
+        landing at the limit. The SLO trigger then fires when the real load reaches
+        ``headroom / margin`` of a GPU's limit.
     """
 
     half_life_s: float = 300.0
@@ -69,6 +75,7 @@ class DriftPolicy:
     cooldown_s: float = 600.0
     max_moves: int | None = None
     time_limit: float = 10.0
+    margin: float = 1.0
 
     def __post_init__(self) -> None:
         checks = [
@@ -79,6 +86,7 @@ class DriftPolicy:
             ("cooldown_s", self.cooldown_s >= 0, "zero or more seconds"),
             ("max_moves", self.max_moves is None or self.max_moves >= 0, "zero or more"),
             ("time_limit", self.time_limit > 0, "a positive number of seconds"),
+            ("margin", 0 < self.margin <= 10, "a factor in (0, 10]"),
         ]
         for name, ok, want in checks:
             if not ok:
@@ -209,11 +217,12 @@ class DriftController:
         self.metrics.gpus.set(plan.num_gpus)
 
     def observe(self, counters: Counters) -> Config:
-        """Fold in one scrape; return the config at the smoothed rates."""
+        """Fold in one scrape; return the config at the smoothed rates (times the margin)."""
         self.estimator.observe(counters)
         rates = self.estimator.rates()
         # An adapter the counters never mention has had no request since they started.
-        observed = {a.id: rates.get(a.id, 0.0) for a in self.config.adapters}
+        margin = self.policy.margin
+        observed = {a.id: margin * rates.get(a.id, 0.0) for a in self.config.adapters}
         unknown = set(rates) - {a.id for a in self.config.adapters}
         new = sorted(unknown - self._unknown)
         if new:

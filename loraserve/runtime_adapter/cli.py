@@ -161,7 +161,7 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         policy = DriftPolicy(half_life_s=args.half_life, headroom=args.headroom,
                              min_saving=args.min_saving, patience=args.patience,
                              cooldown_s=args.cooldown, max_moves=args.max_moves,
-                             time_limit=args.time_limit)
+                             time_limit=args.time_limit, margin=args.margin)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -258,6 +258,9 @@ def register(sub: Any) -> None:
                        help="most adapter loads per re-plan")
     watch.add_argument("--time-limit", type=float, default=10.0, metavar="S",
                        help="seconds per solve (default 10)")
+    watch.add_argument("--margin", type=float, default=1.0, metavar="X",
+                       help="plan and guard for X times the observed rates (default 1; "
+                            "loraserve plan --simulate shows how much the model needs)")
     watch.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                        help="serve the watcher's Prometheus metrics on 127.0.0.1:PORT")
     watch.set_defaults(func=_cmd_watch)

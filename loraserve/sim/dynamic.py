@@ -44,7 +44,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -271,15 +271,13 @@ def observed_rates(requests: Requests, config: Config, lo: float, hi: float) -> 
     return {a.id: float(counts[k]) / span for k, a in enumerate(config.adapters)}
 
 
-def counters_at(requests: Requests, config: Config, t: float, scale: float = 1.0) -> Counters:
+def counters_at(requests: Requests, config: Config, t: float) -> Counters:
     """The router's cumulative per-adapter request counters at ``t`` (arrivals before it).
 
-    The router counts requests, not tokens, so the token counters are empty and the drift
-    controller keeps the config's token means. ``scale`` multiplies the counts (a planning
-    margin: the controller then sees that many times the traffic).
+    Request counts only, so the drift controller keeps the config's token means.
     """
     counts = counts_between(requests, len(config.adapters), 0.0, t)
-    return Counters(time=t, requests={a.id: scale * float(counts[k])
+    return Counters(time=t, requests={a.id: float(counts[k])
                                       for k, a in enumerate(config.adapters)},
                     prompt_tokens={}, output_tokens={})
 
@@ -370,10 +368,12 @@ def plan_timeline(strategy: str, config: Config, requests: Requests,
             replans.append(_replan(plan, new, config, t, trigger, message))
             plan = new
     elif strategy == "drift":
-        controller = DriftController(config, plan, options.policy)
+        # Plans carry the same headroom as the other strategies' (the policy's margin).
+        policy = replace(options.policy, margin=options.plan_headroom)
+        controller = DriftController(config, plan, policy)
         step = options.observe_every
         for t in _boundaries(duration, step):
-            decision = controller.step(counters_at(requests, config, t, options.plan_headroom))
+            decision = controller.step(counters_at(requests, config, t))
             timeline.decisions.append({
                 "time": t, "action": decision.action, "trigger": decision.trigger,
                 "worst_utilization": max(decision.utilization.values(), default=math.nan),

@@ -135,6 +135,26 @@ def test_a_hot_shift_replans_at_once_and_the_new_plan_holds(fleet: DriftFleet) -
         == decision.migration.loads > 0
 
 
+def test_a_margin_plans_and_guards_for_more_than_is_seen(fleet: DriftFleet) -> None:
+    config, plan = fleet
+    rates = {a.id: a.request_rate for a in config.adapters}
+    # The plan was made for these rates: it fits them, and 1.5x them breaks some GPU.
+    for margin, expected in ((1.0, "keep"), (1.5, "replan")):
+        policy = DriftPolicy(half_life_s=30, time_limit=2, margin=margin, patience=100)
+        controller = DriftController(config, plan, policy)
+        controller.step(readings(rates, 0.0, 0, 10.0)[0])
+        decision = feed(controller, rates, 0.0, 2, 10.0, {})[-1]
+        assert decision.action == expected, decision.reason
+        seen = {a.id: a.request_rate for a in decision.config.adapters}
+        assert seen[config.adapters[0].id] == pytest.approx(margin * rates[config.adapters[0].id],
+                                                            rel=1e-6)
+    assert decision.plan is not None and decision.trigger == "slo"
+    # The new plan carries the margin: at the rates really seen, every GPU has room.
+    assert max(predicted_utilization(decision.plan, config).values()) <= 1 / 1.5 + 1e-6
+    with pytest.raises(ValueError, match="margin"):
+        DriftPolicy(margin=0)
+
+
 def test_a_saving_waits_for_patience_and_cooldown(fleet: DriftFleet) -> None:
     config, plan = fleet
     policy = DriftPolicy(half_life_s=1.0, time_limit=2, patience=3, cooldown_s=0.0)
