@@ -113,9 +113,14 @@ def worker_command(python: Path, model: Path, settings: WorkerSettings) -> list[
 
 
 def worker_env(settings: WorkerSettings) -> dict[str, str]:
-    """The environment of a local worker (1 GiB of CPU KV cache)."""
+    """The environment of a local worker (1 GiB of CPU KV cache, one unpinned thread)."""
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CONFIGURE_LOGGING": "1",
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    # vLLM's automatic binding pins every worker to the same first core (and keeps the
+    # other for itself), so local workers queue on one core while the rest idle; one
+    # unpinned thread each lets the OS spread them. A caller's own settings win.
+    env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+    env.setdefault("OMP_NUM_THREADS", "1")
     env.pop("VLLM_ALLOW_RUNTIME_LORA_UPDATING", None)
     if settings.runtime_updates:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"

@@ -5,7 +5,8 @@ the adapter, chosen from the routing table's weights and the workers' outstandin
 (two candidates drawn by weight, the one with fewer requests in flight wins: under light
 load traffic splits as the plan says, under uneven load it leans to the idle replica). The
 response is streamed through as it comes. Workers that fail their health check or refuse a
-connection get no request until they answer again; a request whose worker no longer has the
+connection get no request while a replica marked up is left (when none is, the marked-down
+ones are tried: a mark is only as fresh as the last check); a request whose worker no longer has the
 adapter (unloaded a moment ago) or cannot be reached is tried on another replica before any
 byte goes back to the client.
 
@@ -312,7 +313,8 @@ class Router:
         Raises
         ------
         _ReplyError
-            404 when the table does not route ``model``; 503 when no replica is healthy.
+            404 when the table does not route ``model``; 503 when every replica has been
+            tried. Replicas marked down are tried only when no replica marked up is left.
         """
         table: RoutingTable = self.table
         if model in table.routes:
@@ -321,8 +323,13 @@ class Router:
             weights = dict.fromkeys(table.workers, 1.0)
         else:
             raise _ReplyError(404, f"The model `{model}` does not exist.", "NotFoundError")
-        candidates = [(g, w) for g, w in weights.items()
-                      if g in self.workers and self.healthy.get(g, True) and g not in exclude]
+        routed = [(g, w) for g, w in weights.items() if g in self.workers and g not in exclude]
+        candidates = [(g, w) for g, w in routed if self.healthy.get(g, True)]
+        if not candidates:
+            # Every replica left is marked down, but a mark is as old as the last check: a
+            # worker that has just restarted answers before the next one. Try them rather
+            # than fail; one that really is down is marked again and the next is tried.
+            candidates = routed
         if not candidates:
             raise _ReplyError(503, f"no healthy replica serves `{model}` right now",
                          "ServiceUnavailableError")
@@ -515,6 +522,9 @@ class Router:
                     raise _ReplyError(502, f"worker {gpu_id} is unreachable",
                                  "BadGatewayError") from None
                 return "unreachable"
+            if not self.healthy.get(gpu_id, True) and response.status_code < 500:
+                self.healthy[gpu_id] = True
+                self.metrics.healthy.labels(gpu_id).set(1)
             try:
                 if response.status_code == 404 and not last_try:
                     content = b"".join([c async for c in response.aiter_raw()])

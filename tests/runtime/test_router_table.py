@@ -43,8 +43,12 @@ def test_unhealthy_and_unknown(router: Router) -> None:
     router.healthy["g1"] = False
     assert {router.choose("a") for _ in range(50)} == {"g0"}
     router.healthy["g0"] = False
+    # Every replica marked down: the marks may be stale, so they are tried all the same,
+    # and only when each has been tried is the answer 503.
+    assert {router.choose("a") for _ in range(50)} == {"g0", "g1"}
+    assert router.choose("a", {"g0"}) == "g1"
     with pytest.raises(_ReplyError) as info:
-        router.choose("a")
+        router.choose("a", {"g0", "g1"})
     assert info.value.status == 503
     with pytest.raises(_ReplyError) as info:
         router.choose("nope")
