@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from loraserve._argtypes import count as _count
+from loraserve._argtypes import positive as _positive
 from loraserve.models import (
     Config,
     ConfigError,
@@ -37,26 +39,6 @@ class _Parser(argparse.ArgumentParser):
 
 def _out(line: str = "") -> None:
     sys.stdout.write(line + "\n")
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
 
 
 def format_plan(plan: PlacementPlan, config: Config) -> list[str]:

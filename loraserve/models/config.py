@@ -491,20 +491,29 @@ def load_config(path: str | Path) -> Config:
         One line naming the file, the field and the fix.
     """
     path = Path(path)
+    raw = read_yaml_file(path, "the YAML file")
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; see examples/quickstart.yaml")
+    return config_from_mapping(raw, base_dir=path.parent, source=str(path))
+
+
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    """The parsed YAML of ``path``; :class:`ConfigError` (one line) when it cannot be read.
+
+    ``what`` names the file the caller wants, for the message when ``path`` is a folder.
+    """
+    path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder; give the YAML file") from None
+        raise ConfigError(f"{path}: is a folder; give {what}") from None
     try:
-        raw = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
-    if raw is None:
-        raise ConfigError(f"{path}: the file is empty; see examples/quickstart.yaml")
-    return config_from_mapping(raw, base_dir=path.parent, source=str(path))
 

@@ -30,11 +30,10 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loraserve.models import ConfigError
-from loraserve.models.config import Rank, format_validation_error
+from loraserve.models.config import Rank, format_validation_error, read_yaml_file
 from loraserve.runtime_adapter.client import Timeouts
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
@@ -353,14 +352,5 @@ def load_inventory(path: str | Path) -> Inventory:
         One line naming the file, the field and the fix.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder; give the inventory YAML file") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML syntax error: {exc}".splitlines()[0]) from None
+    raw = read_yaml_file(path, "the inventory YAML file")
     return inventory_from_mapping(raw, path.resolve().parent, source=str(path))

@@ -19,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 
+from loraserve._argtypes import at_least_one as _gpus
+from loraserve._argtypes import positive as _positive
 from loraserve.models import Config, ConfigError, PlacementPlan, load_config
 from loraserve.models._files import write_atomic
 from loraserve.models.trace import load_azure_trace
@@ -49,26 +51,6 @@ DEFAULT_DURATION_S = 60.0
 
 def _out(line: str = "") -> None:
     sys.stdout.write(line + "\n")
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
-def _gpus(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
 
 
 class _Status:

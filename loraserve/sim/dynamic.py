@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from loraserve._argtypes import positive as _positive
 from loraserve.drift import Counters, DriftController, DriftPolicy, with_rates
 from loraserve.models import Config, ConfigError, PlacementPlan, load_config
 from loraserve.models._files import write_atomic
@@ -652,8 +653,6 @@ DEFAULT_DYNAMIC_DURATION_S = 1200.0
 
 def add_dynamic_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--dynamic`` and its options to the ``compare`` subparser."""
-    from loraserve.sim.cli import _positive
-
     group = parser.add_argument_group(
         "over time (--dynamic)",
         "compare strategies that change the plan as popularity drifts (docs/dynamic.md)")
