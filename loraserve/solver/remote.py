@@ -350,24 +350,35 @@ def _homes_then_traffic(ctx: RemoteContext, kind: int, count: int) -> _Fleet | N
     for a in order:
         remaining = left[a]
         while remaining > EPS:
-            options = [(opt, g) for g in fleet.gpus
-                       if (opt := fleet.best_remote(a, g)) is not None]
-            if options:
-                (room, source), gpu = max(options, key=lambda o: (o[0][0], o[1].name))
-                if room >= min(remaining, MIN_SPLIT) - EPS:
-                    share = min(remaining, room)
-                    fleet.serve_remote(a, gpu, source, share)
-                    remaining -= share
-                    continue
-            # The links or fetch times leave too little: another copy where the cache allows.
-            copies = [g for g in fleet.gpus if fleet.can_host(a, g) and fleet.room(a, g) > EPS]
-            if not copies:
+            placed = _fetch_or_copy(fleet, a, remaining, MIN_SPLIT)
+            if placed is None:
                 return None
-            gpu = max(copies, key=lambda g: (fleet.room(a, g), g.name))
-            share = min(remaining, fleet.room(a, gpu))
-            fleet.host(a, gpu, share)
-            remaining -= share
+            remaining -= placed
     return fleet
+
+
+def _fetch_or_copy(fleet: _Fleet, a: int, remaining: float, min_split: float) -> float | None:
+    """Serve part of ``a``'s ``remaining`` traffic remotely, else from another copy.
+
+    The fetch goes to the GPU with the most room for it; when that room is under
+    ``min_split``, a new copy where a cache allows takes the share instead. Returns the
+    share placed, or None when neither is possible.
+    """
+    options = [(opt, g) for g in fleet.gpus if (opt := fleet.best_remote(a, g)) is not None]
+    if options:
+        (room, source), gpu = max(options, key=lambda o: (o[0][0], o[1].name))
+        if room >= min(remaining, min_split) - EPS:
+            share = min(remaining, room)
+            fleet.serve_remote(a, gpu, source, share)
+            return share
+    # The links or fetch times leave too little: another copy where the cache allows.
+    copies = [g for g in fleet.gpus if fleet.can_host(a, g) and fleet.room(a, g) > EPS]
+    if not copies:
+        return None
+    gpu = max(copies, key=lambda g: (fleet.room(a, g), g.name))
+    share = min(remaining, fleet.room(a, gpu))
+    fleet.host(a, gpu, share)
+    return share
 
 
 def _paired_remote(ctx: RemoteContext) -> _Fleet:
@@ -435,20 +446,10 @@ def _place_share(fleet: _Fleet, a: int, share: float) -> bool:
             fleet.host(a, gpu, take)
             remaining -= take
             continue
-        options = [(opt, g) for g in fleet.gpus if (opt := fleet.best_remote(a, g)) is not None]
-        if options:
-            (room, source), gpu = max(options, key=lambda o: (o[0][0], o[1].name))
-            take = min(remaining, room)
-            fleet.serve_remote(a, gpu, source, take)
-            remaining -= take
-            continue
-        copies = [g for g in fleet.gpus if fleet.can_host(a, g) and fleet.room(a, g) > EPS]
-        if not copies:
+        placed = _fetch_or_copy(fleet, a, remaining, 0.0)
+        if placed is None:
             return False
-        gpu = max(copies, key=lambda g: (fleet.room(a, g), g.name))
-        take = min(remaining, fleet.room(a, gpu))
-        fleet.host(a, gpu, take)
-        remaining -= take
+        remaining -= placed
     return True
 
 
