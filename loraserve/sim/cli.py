@@ -111,16 +111,22 @@ class _Traffic:
     description: str
 
 
+def load_trace(args: argparse.Namespace) -> pd.DataFrame:
+    """The ``--trace`` file's rows (sorted with ``--sort-trace``), cut to ``--duration``."""
+    trace = load_azure_trace(args.trace, unsorted="sort" if args.sort_trace else "error")
+    if args.duration is not None:
+        trace = trace[trace["t"] < args.duration].reset_index(drop=True)
+        if len(trace) < 2:
+            raise ConfigError(f"--duration {args.duration:g}: the trace's first "
+                              f"{args.duration:g} s hold fewer than two requests")
+    return trace
+
+
 def _traffic(args: argparse.Namespace, config: Config) -> _Traffic:
     """The planning config and the traffic at any rate scale, from the CLI arguments."""
     seed = args.seed
     if args.trace:
-        trace = load_azure_trace(args.trace, unsorted="sort" if args.sort_trace else "error")
-        if args.duration is not None:
-            trace = trace[trace["t"] < args.duration].reset_index(drop=True)
-            if len(trace) < 2:
-                raise ConfigError(f"--duration {args.duration:g}: the trace's first "
-                                  f"{args.duration:g} s hold fewer than two requests")
+        trace = load_trace(args)
         base = requests_from_trace(trace, config, seed=seed, rate_scale=args.rate_scale)
         # Scale the config's rates to the traffic actually replayed, and price each adapter
         # with the token counts of its requests: every policy plans for what is simulated.
@@ -157,14 +163,23 @@ def _options(args: argparse.Namespace) -> SimOptions:
                       max_drain_s=args.max_drain, seed=args.seed)
 
 
-def _ms(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    return f"{value:.0f}"
+def _cell(spec: str, blank: str = "-") -> Callable[[Any], str]:
+    """A table cell formatter: text as it is, ``blank`` for a missing figure, else ``spec``."""
+
+    def fmt(value: Any) -> str:
+        if isinstance(value, str):
+            return value
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return blank
+        return format(value, spec)
+
+    return fmt
+
+
+_ms = _cell(".0f")
+_count = _cell(".0f", "none")
+_rate = _cell(".1f")
+_pct = _cell(".1%")
 
 
 def _fmt_table(frame: pd.DataFrame, columns: list[tuple[str, str, Callable[[Any], str]]]) -> str:
@@ -182,30 +197,6 @@ def _fmt_table(frame: pd.DataFrame, columns: list[tuple[str, str, Callable[[Any]
 
 def _text(value: Any) -> str:
     return str(value)
-
-
-def _count(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "none"
-    return f"{value:.0f}"
-
-
-def _rate(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.1f}"
-
-
-def _pct(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.1%}"
 
 
 def _write_csv(frame: pd.DataFrame, path: str) -> None:

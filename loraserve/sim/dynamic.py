@@ -56,7 +56,6 @@ from loraserve.drift import Counters, DriftController, DriftPolicy, with_rates
 from loraserve.models import Config, ConfigError, PlacementPlan, load_config
 from loraserve.models._files import write_atomic
 from loraserve.models.migration import plan_migration, relabel
-from loraserve.models.trace import load_azure_trace
 from loraserve.profiles import CostModel
 from loraserve.sim.engine import SimOptions, Worker, run, weighted_routes
 from loraserve.sim.experiments import parse_names, save_figure
@@ -638,10 +637,7 @@ def plot_dynamic(result: DynamicResult, path: str | Path, title: str = "") -> No
     if title:
         fig.suptitle(textwrap.fill(title, 100), fontsize=10)
     fig.tight_layout()
-    try:
-        save_figure(fig, path)
-    finally:
-        plt.close(fig)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -730,13 +726,9 @@ def _dynamic_traffic(args: argparse.Namespace, config: Config) -> tuple[Config, 
     told = (f"drift: every {args.drift_every:g} s {args.drift_fraction:.0%} of the adapters "
             "swap popularity")
     if args.trace:
-        trace = load_azure_trace(args.trace, unsorted="sort" if args.sort_trace else "error")
-        if args.duration is not None:
-            trace = trace[trace["t"] < args.duration].reset_index(drop=True)
-            if len(trace) < 2:
-                raise ConfigError(f"--duration {args.duration:g}: the trace's first "
-                                  f"{args.duration:g} s hold fewer than two requests")
-        requests = requests_from_trace(trace, config, seed=args.seed,
+        from loraserve.sim.cli import load_trace
+
+        requests = requests_from_trace(load_trace(args), config, seed=args.seed,
                                        rate_scale=args.rate_scale, drift=drift)
         # Price each adapter with its requests' token counts (the trace's, not the config's).
         planned = fit_token_means(config.scaled(requests.rate / config.total_request_rate),

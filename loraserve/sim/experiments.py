@@ -532,7 +532,9 @@ def parse_names(items: Sequence[str], known: Sequence[str], option: str,
 
 
 def save_figure(fig: Any, path: str | Path) -> None:
-    """Save atomically: a failed write leaves an older picture intact."""
+    """Save atomically (a failed write leaves an older picture intact), then close ``fig``."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     try:
@@ -540,6 +542,8 @@ def save_figure(fig: Any, path: str | Path) -> None:
     except (OSError, ValueError) as exc:
         tmp.unlink(missing_ok=True)
         raise ConfigError(f"{path}: cannot write the plot ({exc})") from None
+    finally:
+        plt.close(fig)
     tmp.replace(path)
 
 
@@ -584,7 +588,6 @@ def plot_comparison(comparison: Comparison, path: str | Path, title: str = "") -
         fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
 
 
 def plot_capacity(table: pd.DataFrame, path: str | Path, title: str = "") -> None:
@@ -609,4 +612,3 @@ def plot_capacity(table: pd.DataFrame, path: str | Path, title: str = "") -> Non
         axis.set_title(title)
     fig.tight_layout()
     save_figure(fig, path)
-    plt.close(fig)
