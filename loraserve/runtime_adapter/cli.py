@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+from loraserve.drift.options import add_policy_arguments
 from loraserve.models import ConfigError, MigrationPlan, PlacementPlan
 from loraserve.runtime_adapter.errors import MigrationError, RuntimeAdapterError
 from loraserve.runtime_adapter.inventory import load_inventory
@@ -151,19 +152,15 @@ def _cmd_route(args: argparse.Namespace) -> int:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    from loraserve.drift import Decision, DriftPolicy
+    from loraserve.drift import Decision
+    from loraserve.drift.options import policy_from_args
     from loraserve.models import load_config
     from loraserve.runtime_adapter.watch import watch
 
     config = load_config(args.config)
     inventory = load_inventory(args.workers)
-    try:
-        policy = DriftPolicy(half_life_s=args.half_life, headroom=args.headroom,
-                             min_saving=args.min_saving, patience=args.patience,
-                             cooldown_s=args.cooldown, max_moves=args.max_moves,
-                             time_limit=args.time_limit, margin=args.margin)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    policy = policy_from_args(args, args.half_life, time_limit=args.time_limit,
+                              margin=args.margin)
 
     def show(decision: Decision) -> None:
         worst = max(decision.utilization.values(), default=0.0)
@@ -244,18 +241,7 @@ def register(sub: Any) -> None:
     watch.add_argument("--once", action="store_true",
                        help="one observe-decide-act step (two scrapes an interval apart)")
     watch.add_argument("--dry-run", action="store_true", help="decide and report; apply nothing")
-    watch.add_argument("--half-life", type=float, default=300.0, metavar="S",
-                       help="EWMA half-life of the rate estimates (default 300)")
-    watch.add_argument("--headroom", type=float, default=1.0,
-                       help="re-plan at once above this share of a GPU's SLO limit (default 1)")
-    watch.add_argument("--min-saving", type=float, default=1.0, metavar="N",
-                       help="GPUs (or cost/h) a re-plan must save (default 1)")
-    watch.add_argument("--patience", type=int, default=3, metavar="N",
-                       help="readings a saving must persist (default 3)")
-    watch.add_argument("--cooldown", type=float, default=600.0, metavar="S",
-                       help="least seconds between saving-driven re-plans (default 600)")
-    watch.add_argument("--max-moves", type=int, default=None, metavar="N",
-                       help="most adapter loads per re-plan")
+    add_policy_arguments(watch, 300.0, "default 300")
     watch.add_argument("--time-limit", type=float, default=10.0, metavar="S",
                        help="seconds per solve (default 10)")
     watch.add_argument("--margin", type=float, default=1.0, metavar="X",

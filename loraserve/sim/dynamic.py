@@ -53,6 +53,7 @@ import pandas as pd
 
 from loraserve._argtypes import positive as _positive
 from loraserve.drift import Counters, DriftController, DriftPolicy, with_rates
+from loraserve.drift.options import add_policy_arguments, policy_from_args
 from loraserve.models import Config, ConfigError, PlacementPlan, load_config
 from loraserve.models._files import write_atomic
 from loraserve.models.migration import plan_migration, relabel
@@ -671,47 +672,18 @@ def add_dynamic_arguments(parser: argparse.ArgumentParser) -> None:
                             "(default 0.25)")
     group.add_argument("--plan-headroom", type=_positive, default=1.25, metavar="X",
                        help="every plan is made for X times the observed rates (default 1.25)")
-    group.add_argument("--half-life", type=_positive, metavar="S",
-                       help="drift policy: EWMA half-life (default half of --interval)")
-    group.add_argument("--headroom", type=float, default=1.0,
-                       help="drift policy: re-plan when a GPU's predicted load exceeds this "
-                            "share of its limit (default 1.0)")
-    group.add_argument("--min-saving", type=float, default=1.0, metavar="N",
-                       help="drift policy: GPUs a saving re-plan must save (default 1)")
-    group.add_argument("--patience", type=int, default=3, metavar="N",
-                       help="drift policy: readings a saving must persist (default 3)")
-    group.add_argument("--cooldown", type=float, default=600.0, metavar="S",
-                       help="drift policy: least seconds between saving re-plans (default 600)")
-    group.add_argument("--max-moves", type=int, metavar="N",
-                       help="drift policy: most adapter loads per re-plan (default no cap)")
+    add_policy_arguments(group, None, "default half of --interval", prefix="drift policy: ")
     group.add_argument("--solver", choices=SOLVERS, default="greedy",
                        help="solver of the from-scratch plans (default greedy)")
     group.add_argument("--intervals-csv", metavar="FILE",
                        help="write the per-interval table (--csv writes the summary)")
 
 
-#: DriftPolicy's fields and the options that set them.
-_POLICY_FLAGS = {"half_life_s": "--half-life", "headroom": "--headroom",
-                 "min_saving": "--min-saving", "patience": "--patience",
-                 "cooldown_s": "--cooldown", "max_moves": "--max-moves",
-                 "time_limit": "--time-limit"}
-
-
 def _dynamic_options(args: argparse.Namespace) -> DynamicOptions:
     from loraserve.sim.cli import _options
 
-    try:
-        policy = DriftPolicy(
-            half_life_s=args.half_life if args.half_life is not None else args.interval / 2,
-            headroom=args.headroom, min_saving=args.min_saving, patience=args.patience,
-            cooldown_s=args.cooldown, max_moves=args.max_moves, time_limit=args.time_limit)
-    except ValueError as exc:
-        # The policy names its fields; say which option to change instead.
-        text = str(exc).removeprefix("drift policy: ")
-        for name, flag in _POLICY_FLAGS.items():
-            if text.startswith(f"{name} "):
-                text = f"{flag}{text[len(name):]}"
-        raise ConfigError(text) from None
+    half_life = args.half_life if args.half_life is not None else args.interval / 2
+    policy = policy_from_args(args, half_life, time_limit=args.time_limit)
     return DynamicOptions(interval_s=args.interval, plan_headroom=args.plan_headroom,
                           observe_s=args.observe, drift_policy=policy, solver=args.solver,
                           time_limit=args.time_limit, seed=args.seed, vllm_gpus=args.gpus,
