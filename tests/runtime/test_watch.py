@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,29 +107,38 @@ def test_watch_needs_the_router_url(fleet: WatchFleet) -> None:
         asyncio.run(watch(config, inventory, DriftPolicy(), 0.01, steps=1))
 
 
+@asynccontextmanager
+async def routed(fleet: WatchFleet, tmp_path: Path) -> AsyncIterator[tuple[Router, Inventory]]:
+    """The fleet's router serving in this event loop, and an inventory that names it."""
+    _, _, workers, inventory = fleet
+    router = Router(inventory.routes_file, inventory, health_interval_s=60)
+    host, port = await router.start("127.0.0.1", 0)
+    serving = asyncio.create_task(router.serve_forever())
+    try:
+        yield router, load_inventory(write_inventory(
+            tmp_path, workers, {"a": "adapters/a", "b": "adapters/b"},
+            router_url=f"http://{host}:{port}", routes_file=str(inventory.routes_file)))
+    finally:
+        serving.cancel()
+        await router.stop()
+
+
 def test_a_surge_seen_through_the_router_is_a_dry_run_replan(fleet: WatchFleet,
                                                               tmp_path: Path) -> None:
-    config, plan, workers, inventory = fleet
+    config, plan, _, inventory = fleet
     decisions: list[Decision] = []
 
     async def scenario() -> None:
-        router = Router(inventory.routes_file, inventory, health_interval_s=60)
-        host, port = await router.start("127.0.0.1", 0)
-        serving = asyncio.create_task(router.serve_forever())
-        watched = load_inventory(write_inventory(
-            tmp_path, workers, {"a": "adapters/a", "b": "adapters/b"},
-            router_url=f"http://{host}:{port}", routes_file=str(inventory.routes_file)))
+        async with routed(fleet, tmp_path) as (router, watched):
 
-        async def surge() -> None:
-            # Adapter "a" at 40x its planned rate between the watcher's two scrapes.
-            await asyncio.sleep(0.3)
-            router.metrics.requests.labels("a", plan.gpus[0].gpu_id, "200").inc(80 * 1.0)
+            async def surge() -> None:
+                # Adapter "a" at 40x its planned rate between the watcher's two scrapes.
+                await asyncio.sleep(0.3)
+                router.metrics.requests.labels("a", plan.gpus[0].gpu_id, "200").inc(80 * 1.0)
 
-        policy = DriftPolicy(half_life_s=0.01, time_limit=2)
-        await asyncio.gather(surge(), watch(config, watched, policy, 1.0, steps=1,
-                                            dry_run=True, report=decisions.append))
-        serving.cancel()
-        await router.stop()
+            policy = DriftPolicy(half_life_s=0.01, time_limit=2)
+            await asyncio.gather(surge(), watch(config, watched, policy, 1.0, steps=1,
+                                                dry_run=True, report=decisions.append))
 
     before = inventory.routes_file.read_text()
     asyncio.run(scenario())
@@ -140,23 +151,16 @@ def test_a_surge_seen_through_the_router_is_a_dry_run_replan(fleet: WatchFleet,
 
 
 def test_stop_ends_the_watch_between_scrapes(fleet: WatchFleet, tmp_path: Path) -> None:
-    config, _, workers, inventory = fleet
+    config = fleet[0]
 
     async def scenario() -> float:
-        router = Router(inventory.routes_file, inventory, health_interval_s=60)
-        host, port = await router.start("127.0.0.1", 0)
-        serving = asyncio.create_task(router.serve_forever())
-        watched = load_inventory(write_inventory(
-            tmp_path, workers, {"a": "adapters/a", "b": "adapters/b"},
-            router_url=f"http://{host}:{port}", routes_file=str(inventory.routes_file)))
-        stop = asyncio.Event()
-        started = time.monotonic()
-        looping = asyncio.create_task(watch(config, watched, DriftPolicy(), 60.0, stop=stop))
-        await asyncio.sleep(0.2)
-        stop.set()
-        controller = await looping
-        serving.cancel()
-        await router.stop()
+        async with routed(fleet, tmp_path) as (_, watched):
+            stop = asyncio.Event()
+            started = time.monotonic()
+            looping = asyncio.create_task(watch(config, watched, DriftPolicy(), 60.0, stop=stop))
+            await asyncio.sleep(0.2)
+            stop.set()
+            controller = await looping
         # Stopped during its first wait: no decision was made.
         assert controller.metrics.registry.get_sample_value(
             "loraserve_drift_decisions_total", {"action": "keep", "trigger": "none"}) is None
