@@ -60,7 +60,6 @@ class _Status:
         self.enabled = enabled
         self.tty = sys.stderr.isatty()
         self.started = time.perf_counter()
-        self.runs = 0
 
     def line(self, text: str) -> None:
         if not self.enabled:
@@ -88,7 +87,6 @@ class _Status:
 
     def on_run(self, policy: str, what: str, gpus: int, scale: float,
                result: SimResult | None) -> None:
-        self.runs += 1
         if result is None:
             verdict = "no plan"
         else:
