@@ -112,7 +112,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         repeats=args.repeats if args.repeats is not None else 10,
         warmup=args.warmup if args.warmup is not None else 3,
         min_sample_ms=args.min_sample_ms, prefill_sequence_tokens=args.prefill_sequence_tokens,
-        passes=args.passes, threads=args.threads, cpu_clock=args.cpu_clock,
+        passes=args.passes, rechecks=args.rechecks, threads=args.threads, cpu_clock=args.cpu_clock,
         grouped=not args.no_grouped, cuda_graphs=not args.no_cuda_graphs, device=args.device,
         gpu_type=args.gpu_type, seed=args.seed, command=_command(args))
     run = profiler.measure(settings, progress=_progress(args))
@@ -227,6 +227,9 @@ def register(sub: Any) -> None:
                         help="tokens per sequence in a prefill pass (default 512)")
     parser.add_argument("--passes", type=int, default=1,
                         help="full sweeps; each point keeps its lowest median (default 1)")
+    parser.add_argument("--rechecks", type=int, default=2,
+                        help="rounds that re-measure points slower than a neighbour with more "
+                             "work, keeping the lower median (default 2; 0 turns it off)")
     parser.add_argument("--threads", type=int,
                         help="CPU threads for torch (default: torch's choice; 1 is steadiest "
                              "on a shared machine)")

@@ -124,6 +124,11 @@ class ProfilerSettings:
         Length of each sequence in a prefill pass; each sequence uses its own adapter.
     passes : int
         Full sweeps over all points; each point keeps its lowest median (noisy machines).
+    rechecks : int
+        Rounds, after the sweeps, that measure again every point slower than a neighbour
+        doing more work (higher tier, batch, tokens or rank) by over ``INVERSION_TOLERANCE``;
+        the lower median is kept. A burst of interference, or a first point timed before the
+        caches and allocator settle, otherwise stays in the profile as a fake slowdown.
     threads : int, optional
         CPU threads for torch (default: torch's own choice). One thread is far steadier
         on a machine shared with other work, where a descheduled thread stalls the rest.
@@ -159,6 +164,7 @@ class ProfilerSettings:
     min_sample_ms: float = 1.0
     prefill_sequence_tokens: int = 512
     passes: int = 1
+    rechecks: int = 2
     threads: int | None = None
     cpu_clock: CpuClock = "wall"
     grouped: bool = True
@@ -190,6 +196,8 @@ class ProfilerSettings:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name}: must be at least 1 (got {value})")
+        if self.rechecks < 0:
+            raise ConfigError(f"rechecks: must be 0 or more (got {self.rechecks})")
         if self.layers > self.base_model.num_layers:
             raise ConfigError(f"layers: {self.layers} exceeds the model's "
                               f"{self.base_model.num_layers} layers; use fewer")
@@ -1081,6 +1089,7 @@ class _Measurer:
         self.progress = progress
         self.timed: dict[Key, tuple[float, float, int]] = {}
         self.counts: dict[Key, int] = {}
+        self.rechecked = 0
         self.heads: dict[tuple[int, int], float] = {}
         self._padded: dict[int, dict[tuple[int, TargetModule], tuple[Tensor, Tensor]]] = {}
         self._grouped: dict[int, dict[tuple[int, TargetModule, int], tuple[Tensor, Tensor]]] = {}
@@ -1162,6 +1171,27 @@ class _Measurer:
         return Measurement(key[0], key[1], key[2], key[3], layers_ms,
                            self.heads[head] if head else 0.0, self.model_ms(key), spread,
                            self.settings.repeats, calls, self.counts[key])
+
+    def recheck(self, rounds: int,
+                compositions: Mapping[int, Sequence[int]] | None = None) -> None:
+        """Measure inverted points again, up to ``rounds`` times, keeping the lower median.
+
+        ``compositions`` is as in :meth:`measure_points`, so a point is timed as it was.
+        """
+        for round_ in range(rounds):
+            points, heads = self.inversions()
+            if not points and not heads:
+                return
+            self.say(f"recheck {round_ + 1}/{rounds}: {len(points)} point(s) and "
+                     f"{len(heads)} LM-head timing(s) slower than a neighbour with more work")
+            for head in heads:
+                self.time_head(head, again=True)
+            for key in points:
+                if key[0] == "load":
+                    self.measure_load(key[3])
+                else:
+                    self.measure_points([key], compositions)
+            self.rechecked += len(points)
 
     def inversions(self) -> tuple[list[Key], list[tuple[int, int]]]:
         """Points, and LM-head timings, slower than a neighbour that does more work.
@@ -1248,6 +1278,7 @@ def measure(
                              + measurer.by_tier("prefill", tokens, settings.tiers))
             for rank in settings.load_ranks:
                 measurer.measure_load(rank)
+        measurer.recheck(settings.rechecks)
         rows = [measurer.row(key) for key in measurer.timed]
         measurer.say("adapter loads: " + ", ".join(
             f"r{r.size} {r.model_ms:.2f} ms" for r in rows if r.kind == "load"))
@@ -1403,9 +1434,11 @@ def _provenance(settings: ProfilerSettings, device: torch.device, measurer: _Mea
         "scaling": _scaling(settings),
         "repeats": str(settings.repeats),
         "passes": str(settings.passes),
+        "rechecks": str(settings.rechecks),
         "inversions": (f"{_count_inversions(measurer)} raw median(s) slower than "
-                       f"a neighbour with more work by over {INVERSION_TOLERANCE:.0%} (kept as "
-                       "measured; the monotone fit evens them out)"),
+                       f"a neighbour with more work by over {INVERSION_TOLERANCE:.0%} after "
+                       f"{measurer.rechecked} re-measurement(s) (kept as measured; the "
+                       "monotone fit evens them out)"),
         "warmup": str(settings.warmup),
         "min_sample_ms": f"{settings.min_sample_ms:g}",
         "prefill_sequence_tokens": str(settings.prefill_sequence_tokens),
@@ -1455,6 +1488,7 @@ def settings_from_profile(profile: Profile, **overrides: object) -> ProfilerSett
         "min_sample_ms": float(prov.get("min_sample_ms", "1")),
         "prefill_sequence_tokens": int(prov.get("prefill_sequence_tokens", "512")),
         "passes": int(prov.get("passes", "1")),
+        "rechecks": int(prov.get("rechecks", "0")),
         "threads": int(prov["threads"]) if prov.get("device") == "cpu" and "threads" in prov
         else None,
         "cpu_clock": "process" if prov.get("timer", "").startswith("time.process_time")
@@ -1530,6 +1564,7 @@ def check_profile(
                              + measurer.by_tier("decode", batch, checked))
             for tokens in all_tokens:
                 measurer.measure_points([("prefill", "padded", t, tokens) for t in checked])
+        measurer.recheck(settings.rechecks, compositions)
         session = build_profile(
             replace(settings, tiers=checked, batch_sizes=profile.batch_sizes,
                     prefill_tokens=profile.prefill_tokens, gpu_type=profile.gpu_type),
