@@ -55,7 +55,29 @@ def format_plan(plan: PlacementPlan, config: Config) -> list[str]:
         f"p{config.slo.percentile:g} TTFT {gpus['ttft_ms'].max():.0f} ms, "
         f"TPOT {gpus['tpot_ms'].max():.1f} ms"
     )
+    lines.extend(slot_warning(plan, config))
     return lines
+
+
+#: Share of the time above ``max_loras`` busy adapters from which a GPU is reported.
+SLOT_OVERFLOW_REPORTED = 0.05
+
+
+def slot_warning(plan: PlacementPlan, config: Config) -> list[str]:
+    """One line when GPUs of ``plan`` often have more busy adapters than ``max_loras``."""
+    if not plan.gpus:
+        return []
+    table = plan.slot_table(config)
+    crowded = table[table["overflow"] > SLOT_OVERFLOW_REPORTED]
+    if crowded.empty:
+        return []
+    worst = crowded.sort_values(["overflow", "expected_active"], ascending=False).iloc[0]
+    return [f"slot contention: {len(crowded)} GPU(s) have more busy adapters than max_loras "
+            f"({config.serving.max_loras}) over {SLOT_OVERFLOW_REPORTED:.0%} of the time "
+            f"(worst {worst.gpu_id}: {worst.expected_active:.1f} busy of {worst.hosted} "
+            f"hosted, {worst.overflow:.0%} of the time); their requests wait for a LoRA slot, "
+            "which the predicted TTFT leaves out: check with --simulate, or bring "
+            "max_cpu_loras nearer max_loras"]
 
 
 def format_result(result: SolveResult, config: Config) -> str:

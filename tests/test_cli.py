@@ -50,6 +50,19 @@ def test_plan_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     plan = PlacementPlan.load(out_file)
     total = next(line for line in out.splitlines() if line.startswith("total"))
     assert total.split()[1] == str(plan.num_gpus)
+    # The quickstart hosts up to 32 busy adapters per GPU with max_loras 16: said, with the
+    # GPU count the slot table gives.
+    crowded = plan.slot_table(load_config(QUICKSTART)).query("overflow > 0.05")
+    warning = next(line for line in out.splitlines() if line.startswith("slot contention"))
+    assert warning.startswith(f"slot contention: {len(crowded)} GPU(s)")
+    assert len(crowded) > 0 and "max_loras (16)" in warning
+
+
+def test_plan_without_slot_contention_says_nothing(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    raw = base_raw([adapter(f"a{i}", 8, 0.01) for i in range(6)])
+    assert main(["plan", str(write_config(tmp_path, raw)), "-o", str(tmp_path / "p.yaml")]) == 0
+    assert "slot contention" not in capsys.readouterr().out
 
 
 def test_corrupted_weights_fail_verify(quickstart_plan: Path, tmp_path: Path,

@@ -231,6 +231,39 @@ class PlacementPlan(BaseModel):
         )
         return grouped
 
+    def slot_table(self, config: Config, cost_model: CostModel | None = None) -> pd.DataFrame:
+        """Per GPU, how many hosted adapters are expected to be busy against ``max_loras``.
+
+        A vLLM batch runs at most ``max_loras`` distinct adapters; a waiting request of
+        another adapter is skipped until a slot frees, which happens only when every running
+        request of a batched adapter has finished. With adapters that are nearly always busy
+        that wait is unbounded, and it is not part of the predicted TTFT: the placement
+        limits hosted adapters to ``max_cpu_loras``, not busy ones to ``max_loras``. This table
+        says where that matters (:meth:`CostModel.predict` explains the estimate).
+
+        Returns
+        -------
+        pandas.DataFrame
+            ``gpu_id, hosted, expected_active, max_loras, overflow`` (the probability that
+            more than ``max_loras`` adapters are busy at once), one row per GPU.
+        """
+        from loraserve.profiles.capacity import CostModel
+
+        model = cost_model or CostModel.from_config(config)
+        adapters = {a.id: a for a in config.adapters}
+        rows = []
+        for gpu in self.gpus:
+            shares = [(adapters[a], split.get(gpu.gpu_id, 0.0))
+                      for a, split in self.routes.items()
+                      if a in adapters and split.get(gpu.gpu_id, 0.0) > 0]
+            prediction = model.predict(gpu.gpu_type, gpu.tier, shares)
+            rows.append({"gpu_id": gpu.gpu_id, "hosted": len(gpu.adapters),
+                         "expected_active": prediction.active_adapters,
+                         "max_loras": config.serving.max_loras,
+                         "overflow": prediction.slot_overflow})
+        return pd.DataFrame(rows, columns=["gpu_id", "hosted", "expected_active", "max_loras",
+                                           "overflow"])
+
     # ---- verification --------------------------------------------------------------------
 
     def verify(self, config: Config, cost_model: CostModel | None = None) -> list[Violation]:

@@ -91,11 +91,47 @@ class TierCapacity:
 
 @dataclass(frozen=True)
 class LatencyPrediction:
-    """Predicted latencies of a GPU under a given load."""
+    """Predicted latencies of a GPU under a given load.
+
+    Attributes
+    ----------
+    utilization : float
+        Share of the GPU's time busy.
+    tpot_ms, ttft_ms : float
+        Mean TPOT, and TTFT at the SLO percentile.
+    active_adapters : float
+        Expected number of hosted adapters with a request in flight at a random instant.
+    slot_overflow : float
+        Probability that more adapters than ``max_loras`` have a request in flight: then
+        requests of the adapters left out wait for a LoRA slot to free, a wait the TTFT
+        above does not count.
+    """
 
     utilization: float
     tpot_ms: float
     ttft_ms: float
+    active_adapters: float = 0.0
+    slot_overflow: float = 0.0
+
+
+def active_adapters(in_flight: list[float], slots: int) -> tuple[float, float]:
+    """Expected busy adapters and the probability that more than ``slots`` are busy.
+
+    ``in_flight[i]`` is adapter ``i``'s mean number of requests in flight (Little's law: rate
+    times time in the system). Requests of one adapter overlap as in an M/G/infinity queue, so
+    the adapter is busy with probability ``1 - exp(-in_flight)``, independently of the others;
+    the count of busy adapters is then Poisson-binomial.
+    """
+    busy = [1.0 - math.exp(-max(0.0, m)) for m in in_flight]
+    # Only counts up to slots + 1 matter, which keeps this linear in the adapters.
+    dist = [1.0] + [0.0] * (slots + 1)
+    for p in busy:
+        # The last cell collects every count above ``slots``: once over, always over.
+        dist[slots + 1] += dist[slots] * p
+        for k in range(slots, 0, -1):
+            dist[k] = dist[k] * (1.0 - p) + dist[k - 1] * p
+        dist[0] *= 1.0 - p
+    return sum(busy), min(1.0, max(0.0, dist[slots + 1]))
 
 
 #: Share of an RDMA link's bandwidth a transfer reaches when a profile has no peer loads.
@@ -366,4 +402,9 @@ class CostModel:
         tpot = step / max(1e-9, 1.0 - min(prefill_busy, 0.999))
         quantile = self.config.slo.percentile / 100.0
         ttft = 1e3 * (prefill_s + _waiting_quantile_s(util, prefill_s, quantile)) + step
-        return LatencyPrediction(util, tpot, ttft)
+        # Time in the system of one request: its own prefill, then its decode steps.
+        in_flight = [a.request_rate * w * (a.prompt_tokens / cap.prefill_tokens_per_s
+                                           + a.output_tokens * tpot / 1e3)
+                     for a, w in shares if w > 0]
+        active, overflow = active_adapters(in_flight, self.config.serving.max_loras)
+        return LatencyPrediction(util, tpot, ttft, active, overflow)

@@ -11,6 +11,7 @@ from loraserve import Adapter, ConfigError, CostModel
 from loraserve.models import PRESETS
 from loraserve.profiles import Profile, find_profile, load_profile, shipped_profiles
 from loraserve.profiles.analytic import GPU_SPECS, analytic_profile, shipped_path
+from loraserve.profiles.capacity import active_adapters
 from tests.conftest import GPU, make_config
 
 ALL_TIERS = [8, 16, 32, 64, 128, 256, 320, 512]
@@ -231,3 +232,33 @@ def test_prediction_at_limit_meets_ttft_slo() -> None:
     half = model.predict(GPU, 8, [(hot, 0.5)])
     assert half.ttft_ms < at_limit.ttft_ms
     assert half.tpot_ms <= config.slo.tpot_ms
+
+
+def test_busy_adapters_are_poisson_binomial() -> None:
+    in_flight = [0.5, 2.0, 0.1, 3.0, 1.0, 0.0]
+    busy = [1.0 - math.exp(-m) for m in in_flight]
+    for slots in (0, 1, 2, 4, 6):
+        over = sum(
+            math.prod(p if on else 1.0 - p for p, on in zip(busy, pattern, strict=True))
+            for pattern in itertools.product((0, 1), repeat=len(busy)) if sum(pattern) > slots)
+        expected, overflow = active_adapters(in_flight, slots)
+        assert expected == pytest.approx(sum(busy))
+        assert overflow == pytest.approx(over, abs=1e-12), slots
+    assert active_adapters([], 16) == (0.0, 0.0)
+
+
+def test_prediction_counts_busy_adapters_against_max_loras() -> None:
+    config = make_config(serving={"max_loras": 2, "max_cpu_loras": 8})
+    model = CostModel.from_config(config)
+    # A request stays a few seconds (prefill, then 256 decode steps), so at 2 req/s each
+    # adapter nearly always has one in flight: four are more than the two slots of a batch.
+    # At 0.002 req/s they rarely overlap.
+    busy = [RANK8.model_copy(update={"id": f"a{i}", "request_rate": 2.0}) for i in range(4)]
+    cold = [a.model_copy(update={"request_rate": 0.002}) for a in busy]
+    crowded = model.predict(GPU, 8, [(a, 1.0) for a in busy])
+    quiet = model.predict(GPU, 8, [(a, 1.0) for a in cold])
+    assert crowded.active_adapters > 2.5 and crowded.slot_overflow > 0.5
+    assert quiet.active_adapters < 0.2 and quiet.slot_overflow < 1e-3
+    # The same traffic split over two GPUs halves what each one holds in flight.
+    half = model.predict(GPU, 8, [(a, 0.5) for a in busy])
+    assert half.active_adapters < crowded.active_adapters

@@ -4,7 +4,9 @@ Measured on the quickstart (14 GPUs, 300 s of generated Poisson traffic, seed 0)
 simulated load of each GPU (its served work priced like the solver prices it) is within
 1.3 points of the plan's predicted utilization on average and 3.2 points at worst, and 0.1 %
 over the fleet; the mean TPOT per GPU is within 12 % of the predicted TPOT. The M/D/1 and
-M/G/1 checks of a single GPU are in ``test_engine.py``.
+M/G/1 checks of a single GPU are in ``test_engine.py``. The GPUs the plan's slot table
+expects to have more busy adapters than ``max_loras`` are the ones whose simulated p99 TTFT
+breaks the SLO through LoRA-slot waits.
 """
 
 from __future__ import annotations
@@ -47,3 +49,18 @@ def test_simulated_tpot_matches_the_predicted_tpot(simulated) -> None:  # type: 
     measured = result.requests.groupby("gpu")["tpot_ms"].mean()
     for gpu_id, tpot in measured.items():
         assert tpot == pytest.approx(predicted[gpu_id], rel=0.2), gpu_id
+
+
+def test_slot_table_finds_the_gpus_that_wait_for_lora_slots(simulated) -> None:  # type: ignore[no-untyped-def]
+    deployment, result = simulated
+    config = load_config(QUICKSTART)
+    table = deployment.plan.slot_table(config).set_index("gpu_id")
+    ttft = result.requests.groupby("gpu")["ttft_ms"].quantile(0.99)
+    crowded = table.index[table["overflow"] > 0.4]
+    # Single-adapter GPUs miss through load alone, which this table is not about.
+    calm = table.index[(table["overflow"] < 0.05) & (table["hosted"] > 1)]
+    assert len(crowded) >= 2 and len(calm) >= 2
+    assert (ttft[crowded] > config.slo.ttft_ms).all()
+    assert (ttft[calm] < config.slo.ttft_ms).all()
+    # Where it is over the limit nearly always, requests wait far beyond the SLO.
+    assert ttft[table.index[table["overflow"] > 0.99]].min() > 10 * config.slo.ttft_ms
