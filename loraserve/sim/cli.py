@@ -177,6 +177,7 @@ def _cell(spec: str, blank: str = "-") -> Callable[[Any], str]:
 _ms = _cell(".0f")
 _count = _cell(".0f", "none")
 _rate = _cell(".1f")
+_one = _cell(".1f")
 _pct = _cell(".1%")
 
 
@@ -225,7 +226,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         ("gpu_id", "gpu", _text), ("tier", "tier", _text), ("hosted", "adapters", _text),
         ("requests", "requests", _text), ("load", "load", _pct),
         ("predicted_utilization", "predicted", _pct), ("busy", "busy", _pct),
-        ("adapter_loads", "loads", _text)]))
+        ("adapter_loads", "loads", _text), ("expected_busy_adapters", "busy adapters", _one),
+        ("ttft_tail_ms", f"p{config.slo.percentile:g} TTFT", _ms),
+        ("tpot_tail_ms", f"p{config.slo.percentile:g} TPOT", _ms),
+        ("slo_attainment", "within SLO", _pct)]))
     gpus = result.gpus
     error = (gpus["load"] - gpus["predicted_utilization"]).abs()
     if error.notna().any():

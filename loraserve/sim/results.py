@@ -50,6 +50,19 @@ def _percentile(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q, method="higher"))
 
 
+def _tail(table: pd.DataFrame, column: str, q: float) -> float:
+    """Percentile ``q`` of a latency column, an unfinished request counting as infinite.
+
+    TPOT leaves out finished requests of one output token (they have none).
+    """
+    values = table[column].to_numpy(dtype=float)
+    if column == "tpot_ms":
+        done = np.isfinite(table["e2e_ms"].to_numpy(dtype=float))
+        values = np.where(table["output_tokens"].to_numpy() > 1, values, np.nan)
+        values = values[~(np.isnan(values) & done)]
+    return _percentile(np.where(np.isnan(values), np.inf, values), q)
+
+
 @dataclass
 class SimResult:
     """A finished simulation of one deployment on one request stream.
@@ -102,7 +115,12 @@ class SimResult:
 
     @cached_property
     def gpus(self) -> pd.DataFrame:
-        """One row per GPU: tier, requests, ``busy``, ``load``, predicted utilization, loads."""
+        """One row per GPU: tier, requests, ``busy``, ``load``, predicted utilization, loads.
+
+        Also the GPU's own SLO figures (``slo_attainment``, and ``ttft_tail_ms`` and
+        ``tpot_tail_ms`` at the SLO percentile) and, for a plan, ``expected_busy_adapters``
+        (:meth:`PlacementPlan.slot_table`), so a miss can be traced to the GPUs behind it.
+        """
         run, req, model = self.run, self.run.requests, self.cost_model
         window = max(req.duration, 1e-9)
         # Busy time runs until the last request drains, past the arrival window.
@@ -112,8 +130,16 @@ class SimResult:
         completed = np.bincount(run.gpu[np.isfinite(run.done)], minlength=n) if len(req) \
             else np.zeros(n)
         predicted: dict[str, float] = {}
+        busy_adapters: dict[str, float] = {}
         if self.plan is not None:
             predicted = {g.gpu_id: g.utilization for g in self.plan.gpus}
+            slots = self.plan.slot_table(self.config, model)
+            busy_adapters = dict(zip(slots["gpu_id"], slots["expected_active"], strict=True))
+        table = self.requests
+        quantile = self.config.slo.percentile
+        per_gpu = {gpu: (float(rows["slo_ok"].mean()), _tail(rows, "ttft_ms", quantile),
+                         _tail(rows, "tpot_ms", quantile))
+                   for gpu, rows in table.groupby("gpu", sort=False) if gpu}
         rows: list[dict[str, Any]] = []
         for i, worker in enumerate(run.workers):
             try:
@@ -137,6 +163,10 @@ class SimResult:
                 "busy": min(1.0, float(run.busy_s[i]) / span),
                 "load": load,
                 "predicted_utilization": predicted.get(worker.gpu_id, math.nan),
+                "slo_attainment": per_gpu.get(worker.gpu_id, (math.nan,) * 3)[0],
+                "ttft_tail_ms": per_gpu.get(worker.gpu_id, (math.nan,) * 3)[1],
+                "tpot_tail_ms": per_gpu.get(worker.gpu_id, (math.nan,) * 3)[2],
+                "expected_busy_adapters": busy_adapters.get(worker.gpu_id, math.nan),
                 "adapter_loads": int(run.loads[i]),
                 "cold_loads": int(run.cold_loads[i]),
                 "load_s": float(run.load_s[i]),
@@ -152,11 +182,7 @@ class SimResult:
         window = max(req.duration, float(np.nanmax(run.done)) if done.any() else 0.0, 1e-9)
 
         def tail(column: str, q: float) -> float:
-            values = table[column].to_numpy(dtype=float)
-            if column == "tpot_ms":
-                values = np.where(table["output_tokens"].to_numpy() > 1, values, np.nan)
-                values = values[~(np.isnan(values) & done)]
-            return _percentile(np.where(np.isnan(values), np.inf, values), q)
+            return _tail(table, column, q)
 
         attainment = float(table["slo_ok"].mean()) if len(table) else 1.0
         gpus = self.gpus

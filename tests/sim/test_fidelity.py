@@ -64,3 +64,15 @@ def test_slot_table_finds_the_gpus_that_wait_for_lora_slots(simulated) -> None: 
     assert (ttft[calm] < config.slo.ttft_ms).all()
     # Where it is over the limit nearly always, requests wait far beyond the SLO.
     assert ttft[table.index[table["overflow"] > 0.99]].min() > 10 * config.slo.ttft_ms
+
+
+def test_per_gpu_slo_figures_add_up_to_the_fleet(simulated) -> None:  # type: ignore[no-untyped-def]
+    deployment, result = simulated
+    gpus = result.gpus.set_index("gpu_id")
+    within = (gpus["slo_attainment"] * gpus["requests"]).sum() / gpus["requests"].sum()
+    assert within == pytest.approx(result.summary["slo_attainment"])
+    # The fleet's tail is one of its GPUs' tails or between them.
+    assert gpus["ttft_tail_ms"].min() <= result.summary["ttft_p99_ms"] \
+        <= gpus["ttft_tail_ms"].max()
+    table = deployment.plan.slot_table(load_config(QUICKSTART)).set_index("gpu_id")
+    assert gpus["expected_busy_adapters"].to_dict() == table["expected_active"].to_dict()
