@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -36,41 +35,16 @@ from loraserve.runtime_adapter.errors import (
 from loraserve.runtime_adapter.journal import check_journal, read_runs
 from loraserve.runtime_adapter.localfleet import stop_worker
 from tests.runtime.conftest import API_KEY, API_KEY_ENV, Fleet, free_port
+from tests.runtime.fleet import REPO, Router, loaded, write_fleet_inventory
 from tests.runtime.helpers import even_routes, make_plan
 
 pytestmark = pytest.mark.vllm
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
 def _key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(API_KEY_ENV, API_KEY)
-
-
-def write_inventory(fleet: Fleet, folder: Path, *, with_c: bool = False,
-                    router_url: str | None = None, **extra: Any) -> Path:
-    workers = [
-        {"gpu_id": "cpu-a", "url": fleet.a.url, "tier": 128, "max_loras": 4,
-         "max_cpu_loras": 8, "api_key_env": API_KEY_ENV},
-        {"gpu_id": "cpu-b", "url": fleet.b.url, "tier": 64, "max_loras": 4, "max_cpu_loras": 8},
-    ]
-    if with_c:
-        workers.append({"gpu_id": "cpu-c", "url": fleet.c.url, "tier": 16, "max_loras": 1,
-                        "max_cpu_loras": 1})
-    raw: dict[str, Any] = {
-        "adapter_roots": [str(fleet.assets.root)],
-        "adapters": {name: str(path) for name, (path, _) in fleet.assets.adapters.items()},
-        "workers": workers,
-        "route_settle_s": 0.2,
-        "drain_timeout_s": 60,
-    }
-    if router_url:
-        raw["router_url"] = router_url
-    raw.update(extra)
-    path = folder / "inventory.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
 
 
 def save_plan(folder: Path, name: str, hosting: dict[str, tuple[int, list[str]]]) -> Path:
@@ -79,44 +53,8 @@ def save_plan(folder: Path, name: str, hosting: dict[str, tuple[int, list[str]]]
     return path
 
 
-def loaded(fleet: Fleet) -> dict[str, set[str]]:
-    out: dict[str, set[str]] = {}
-    for gpu_id, settings in (("cpu-a", fleet.a), ("cpu-b", fleet.b)):
-        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-        cards = httpx.get(f"{settings.url}/v1/models", headers=headers, timeout=10).json()
-        out[gpu_id] = {c["id"] for c in cards["data"] if c.get("parent")}
-    return out
-
-
 def hosted(hosting: dict[str, tuple[int, list[str]]]) -> dict[str, set[str]]:
     return {g: set(adapters) for g, (_, adapters) in hosting.items()}
-
-
-class Router:
-    """``loraserve route`` as a subprocess."""
-
-    def __init__(self, inventory: Path, routes: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = (routes.parent / "router.log").open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "loraserve.cli", "route", "--plan", str(routes),
-             "--workers", str(inventory), "--listen", f"127.0.0.1:{self.port}",
-             "--health-interval", "0.5", "--seed", "0"],
-            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        raise RuntimeError("router did not start")
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=20)
-        self.log.close()
 
 
 class Traffic(threading.Thread):
@@ -271,7 +209,7 @@ def test_bad_inputs_change_nothing(fleet: Fleet, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str],
                                    monkeypatch: pytest.MonkeyPatch) -> None:
     fleet.unload_all()
-    inventory = write_inventory(fleet, tmp_path, with_c=True)
+    inventory = write_fleet_inventory(fleet, tmp_path, with_c=True)
     good = {"cpu-a": (128, ["r128-0", "r8-0"]), "cpu-b": (64, ["r64-0", "r8-0"])}
     cases: list[tuple[str, dict[str, tuple[int, list[str]]], Path, str]] = []
     cases.append(("rank above the tier", {"cpu-b": (64, ["r128-0"])}, inventory,
@@ -281,7 +219,7 @@ def test_bad_inputs_change_nothing(fleet: Fleet, tmp_path: Path,
                   f"worker cpu-c ({fleet.c.url}): runtime LoRA updating is off"))
     lying = tmp_path / "lying"
     lying.mkdir()
-    inventory_lying = write_inventory(fleet, lying)
+    inventory_lying = write_fleet_inventory(fleet, lying)
     raw = yaml.safe_load(inventory_lying.read_text())
     raw["workers"][1]["tier"] = 128  # B really runs --max-lora-rank 64
     inventory_lying.write_text(yaml.safe_dump(raw))
@@ -290,14 +228,14 @@ def test_bad_inputs_change_nothing(fleet: Fleet, tmp_path: Path,
                   "64, below the rank 128 of r128-0"))
     unreachable = tmp_path / "unreachable"
     unreachable.mkdir()
-    inventory_down = write_inventory(fleet, unreachable, retries=1)
+    inventory_down = write_fleet_inventory(fleet, unreachable, retries=1)
     raw = yaml.safe_load(inventory_down.read_text())
     raw["workers"][1]["url"] = f"http://127.0.0.1:{free_port()}"
     inventory_down.write_text(yaml.safe_dump(raw))
     cases.append(("unreachable worker", good, inventory_down, "cpu-b ("))
     outside = tmp_path / "outside"
     outside.mkdir()
-    inventory_outside = write_inventory(fleet, outside)
+    inventory_outside = write_fleet_inventory(fleet, outside)
     raw = yaml.safe_load(inventory_outside.read_text())
     raw["adapters"]["r8-0"] = str(tmp_path)
     inventory_outside.write_text(yaml.safe_dump(raw))
@@ -305,7 +243,7 @@ def test_bad_inputs_change_nothing(fleet: Fleet, tmp_path: Path,
                   "adapters.r8-0: '" + str(tmp_path)))
     missing = tmp_path / "missing"
     missing.mkdir()
-    inventory_missing = write_inventory(fleet, missing)
+    inventory_missing = write_fleet_inventory(fleet, missing)
     raw = yaml.safe_load(inventory_missing.read_text())
     raw["adapters"]["r8-0"] = str(fleet.assets.root / "r8-9")
     inventory_missing.write_text(yaml.safe_dump(raw))
@@ -346,11 +284,11 @@ SERVED = sorted({a for _, adapters in P1.values() for a in adapters})
 @pytest.fixture
 def routed(fleet: Fleet, tmp_path: Path) -> Iterator[tuple[Path, Router]]:
     fleet.unload_all()
-    inventory = write_inventory(fleet, tmp_path)
+    inventory = write_fleet_inventory(fleet, tmp_path)
     # The router starts before the first apply (no routes file yet) and picks it up.
     router = Router(inventory, tmp_path / "routes.yaml")
     try:
-        write_inventory(fleet, tmp_path, router_url=router.url)
+        write_fleet_inventory(fleet, tmp_path, router_url=router.url)
         yield inventory, router
     finally:
         router.stop()
@@ -402,7 +340,7 @@ def test_kill_during_apply_then_resume(fleet: Fleet, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     inventory, router = routed
     # One step at a time, so that the kill lands in the middle of the run.
-    write_inventory(fleet, tmp_path, router_url=router.url, concurrency=1)
+    write_fleet_inventory(fleet, tmp_path, router_url=router.url, concurrency=1)
     assert apply(save_plan(tmp_path, "p2.yaml", P2), inventory, capsys)[0] == 0
     journal = tmp_path / "journal.jsonl"
     served = set(SERVED)
@@ -447,7 +385,7 @@ def test_kill_during_apply_then_resume(fleet: Fleet, tmp_path: Path,
 def test_rollback_after_a_kill(fleet: Fleet, tmp_path: Path, routed: tuple[Path, Router],
                                capsys: pytest.CaptureFixture[str]) -> None:
     inventory, router = routed
-    write_inventory(fleet, tmp_path, router_url=router.url, concurrency=1)
+    write_fleet_inventory(fleet, tmp_path, router_url=router.url, concurrency=1)
     assert apply(save_plan(tmp_path, "p1.yaml", P1), inventory, capsys)[0] == 0
     journal = tmp_path / "journal.jsonl"
     env = {**os.environ, API_KEY_ENV: API_KEY}

@@ -24,8 +24,8 @@ from loraserve.runtime_adapter.routes import write_table
 from loraserve.runtime_adapter.watch import parse_counters, watch
 from loraserve.solver import solve
 from tests.conftest import adapter, make_config
+from tests.runtime.fleet import Router as RouterProcess
 from tests.runtime.helpers import make_adapter, write_inventory
-from tests.runtime.test_vllm_fleet import Router as RouterProcess
 
 #: The config, its plan, the workers (as inventory entries) and the inventory.
 WatchFleet = tuple[Config, PlacementPlan, list[dict[str, Any]], Inventory]

