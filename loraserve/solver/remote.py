@@ -930,6 +930,9 @@ class RemoteModel:
         solver.parameters.max_time_in_seconds = max(0.1, time_limit)
         solver.parameters.random_seed = seed
         solver.parameters.num_workers = max(1, threads)
+        # As in the replication model: several workers give repeatable plans only when their
+        # portfolio runs on a fixed schedule.
+        solver.parameters.interleave_search = threads > 1
         status = solver.solve(model)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             return None, -math.inf, False
