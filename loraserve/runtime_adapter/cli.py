@@ -100,6 +100,9 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         _out(f"dry run: {summary['steps']} steps ({summary['loads']} loads, "
              f"{summary['unloads']} unloads, {summary['routes']} routing changes, "
              f"{summary['tier_changes']} restarts); nothing was changed")
+        if target is not None and target.remote:
+            _out(f"then {len(target.remote_pairs())} remote pair(s) would be routed, loaded on "
+                 "demand by their workers")
         return EXIT_OK
     if not result.migration.steps and result.run is None:
         _out("the fleet already matches the plan")
@@ -110,6 +113,9 @@ def _cmd_apply(args: argparse.Namespace) -> int:
             _out(f"mismatch: {problem}")
         return EXIT_FAIL
     _out(f"every worker matches the plan; routes written to {inventory.routes_file}")
+    if target is not None and target.remote:
+        _out(f"{len(target.remote_pairs())} remote pair(s) routed: those workers load the "
+             "adapter from their lora_resolver_dir on its first request")
     return EXIT_OK
 
 

@@ -16,6 +16,7 @@ the declared ``adapter_roots``. Example::
         max_loras: 4
         max_cpu_loras: 16
         api_key_env: VLLM_KEY            # optional: its --api-key, from this variable
+        lora_resolver_dir: /mnt/adapters # optional: its VLLM_LORA_RESOLVER_CACHE_DIR
     router_url: http://127.0.0.1:9000    # optional: apply waits for the router to switch
     launcher:                            # optional: commands that start/restart/stop workers
       restart: [ssh, "{node}", systemctl, restart, "vllm-lora@{gpu}-{tier}"]
@@ -64,6 +65,11 @@ class WorkerSpec(BaseModel):
         ``--max-cpu-loras`` (defaults to ``max_loras``, as vLLM does): adapters it may hold.
     api_key_env : str, optional
         Environment variable holding its ``--api-key``.
+    lora_resolver_dir : Path, optional
+        The directory the worker's vLLM resolves adapters from on demand: its
+        ``VLLM_LORA_RESOLVER_CACHE_DIR`` (vLLM's filesystem LoRA resolver, which loads
+        ``<dir>/<adapter id>`` when a request names an adapter it has not loaded). Needed
+        for a worker that a plan gives remote pairs; readable here at the same path.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -76,6 +82,7 @@ class WorkerSpec(BaseModel):
     max_loras: int = Field(default=1, ge=1, le=4096)
     max_cpu_loras: int | None = Field(default=None, ge=1, le=100_000)
     api_key_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    lora_resolver_dir: Path | None = None
 
     @field_validator("url")
     @classmethod
@@ -310,6 +317,16 @@ def _resolve(inventory: Inventory, base_dir: Path, source: str) -> Inventory:
         if not root.is_dir():
             raise ConfigError(f"{source}: adapter_roots[{index}]: directory '{root}' does not "
                               "exist; create it or fix the path")
+    workers = []
+    for index, worker in enumerate(inventory.workers):
+        if worker.lora_resolver_dir is not None:
+            store = absolute(worker.lora_resolver_dir)
+            if not store.is_dir():
+                raise ConfigError(f"{source}: workers[{index}].lora_resolver_dir: directory "
+                                  f"'{store}' does not exist; give the worker's "
+                                  "VLLM_LORA_RESOLVER_CACHE_DIR as seen from here")
+            worker = worker.model_copy(update={"lora_resolver_dir": store})
+        workers.append(worker)
     adapters: dict[str, Path] = {}
     for name, path in inventory.adapters.items():
         full = absolute(path)
@@ -319,7 +336,7 @@ def _resolve(inventory: Inventory, base_dir: Path, source: str) -> Inventory:
                               "there")
         adapters[name] = full
     return inventory.model_copy(update={
-        "adapter_roots": roots, "adapters": adapters,
+        "workers": tuple(workers), "adapter_roots": roots, "adapters": adapters,
         "routes_file": absolute(inventory.routes_file),
         "journal": absolute(inventory.journal),
     })

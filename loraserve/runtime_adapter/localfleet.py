@@ -90,6 +90,7 @@ class WorkerSettings:
     runtime_updates: bool = True
     dev_mode: bool = False
     host: str = "127.0.0.1"
+    lora_resolver_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -126,6 +127,10 @@ def worker_env(settings: WorkerSettings) -> dict[str, str]:
         env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
     if settings.dev_mode:
         env["VLLM_SERVER_DEV_MODE"] = "1"
+    # vLLM's filesystem resolver loads an adapter named in a request from this directory.
+    env.pop("VLLM_LORA_RESOLVER_CACHE_DIR", None)
+    if settings.lora_resolver_dir is not None:
+        env["VLLM_LORA_RESOLVER_CACHE_DIR"] = str(settings.lora_resolver_dir)
     return env
 
 
@@ -237,6 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="model directory (default: from the "
                         "state dir's assets.json)")
     parser.add_argument("--api-key-env", help="variable holding the worker's --api-key")
+    parser.add_argument("--lora-resolver-dir", type=Path,
+                        help="directory the worker loads adapters from on demand (remote "
+                             "pairs)")
     args = parser.parse_args(argv)
     if args.action in ("restart", "stop"):
         stop_worker(args.state_dir, args.port)
@@ -249,7 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or Path(json.loads((args.state_dir / "assets.json").read_text())["model"])
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
     start_worker(python, model, WorkerSettings(args.port, args.tier, args.max_loras,
-                                               args.max_cpu_loras, key), args.state_dir)
+                                               args.max_cpu_loras, key,
+                                               lora_resolver_dir=args.lora_resolver_dir),
+                 args.state_dir)
     return 0
 
 

@@ -5,7 +5,9 @@
 1. **Check the inputs** without touching anything: every GPU of the plan has a worker in the
    inventory, every adapter a directory under the adapter roots with a PEFT config whose rank
    fits the GPU's tier, no GPU holds more adapters than its ``max_cpu_loras``, a tier change
-   has a launcher command.
+   has a launcher command. A remote pair of the plan (a GPU serving an adapter it does not
+   host) needs a worker that resolves adapters on demand (``lora_resolver_dir``) from a
+   directory that holds the adapter; see :func:`hosting_view` for how it is applied.
 2. **Observe** the fleet: each worker's health, API key, whether runtime LoRA updating is on,
    what ``/v1/models`` lists, and the live routing table (the inventory's ``routes_file``).
    Routes to a worker that lost the adapter (it crashed, say) are repaired first.
@@ -20,7 +22,8 @@
    run in plan order, so every state the fleet passes through is one the sequential plan
    passes through as far as any adapter or worker can tell: an adapter is never routed to a
    worker without it and never loses its last routed replica.
-6. **Verify**: observe again and compare with the plan; write the plan as the routes file.
+6. **Verify**: observe again and compare with the plan; write the plan as the routes file
+   (which is when remote pairs start to get traffic).
 
 A run killed anywhere leaves the fleet consistent; the next run observes it again and plans
 from there (``resume``), or, with ``rollback``, goes back to the state the interrupted run
@@ -204,14 +207,6 @@ def check_plan_against_inventory(plan: PlacementPlan, inventory: Inventory,
         One line naming the GPU or adapter and the fix.
     """
     tiers = tiers or {}
-    if plan.remote:
-        # Stock vLLM has no peer fetch, and registering the pair for on-demand loading would
-        # use the cache room the plan saved: refuse rather than serve it half right.
-        adapter, gpu_id, source = plan.remote_pairs()[0]
-        raise ConfigError(
-            f"plan: {len(plan.remote_pairs())} remote pairs (first: {adapter} on {gpu_id} "
-            f"from {source}); apply cannot run remote access on vLLM workers yet; re-plan "
-            "with topology.remote_access: false (see docs/remote.md)")
     ranks: dict[str, int] = {}
     for gpu in plan.gpus:
         worker = inventory.worker(gpu.gpu_id)
@@ -234,13 +229,95 @@ def check_plan_against_inventory(plan: PlacementPlan, inventory: Inventory,
                     f"plan: adapter {adapter} has rank {ranks[adapter]} (its adapter_config."
                     f"json) but GPU {gpu.gpu_id} is at tier {gpu.tier}; re-plan with the "
                     "adapter's true rank")
+    _check_remote_pairs(plan, inventory, tiers)
     for adapter, split in plan.routes.items():
         hosts = {g.gpu_id for g in plan.gpus if adapter in g.adapters}
+        remote = plan.remote.get(adapter, {})
         for gpu_id, weight in split.items():
-            if weight > 0 and gpu_id not in hosts:
+            if weight > 0 and gpu_id not in hosts and gpu_id not in remote:
                 raise ConfigError(f"plan: routes.{adapter} sends traffic to {gpu_id}, which "
-                                  "does not host it; fix the plan")
+                                  "neither hosts it nor serves it remotely; fix the plan")
     return ranks
+
+
+def _check_remote_pairs(plan: PlacementPlan, inventory: Inventory,
+                        tiers: dict[str, int]) -> None:
+    """Every remote pair's worker resolves the adapter on demand, at a tier that admits it."""
+    gpus = {g.gpu_id: g for g in plan.gpus}
+    remote_on = served_remotely(plan)
+    for adapter, gpu_id, source in plan.remote_pairs():
+        if gpu_id not in gpus:
+            raise ConfigError(f"plan: remote.{adapter} names GPU {gpu_id}, which is not in "
+                              "the plan's gpus; fix the plan")
+        if source not in gpus or adapter not in gpus[source].adapters:
+            raise ConfigError(f"plan: remote.{adapter}.{gpu_id} fetches from {source}, which "
+                              "does not host it; fix the plan")
+        worker = inventory.worker(gpu_id)
+        store = worker.lora_resolver_dir
+        if store is None:
+            raise ConfigError(
+                f"plan: {gpu_id} serves {adapter} remotely (fetched from {source}) but its "
+                f"worker has no lora_resolver_dir; start it with VLLM_LORA_RESOLVER_CACHE_DIR "
+                "set to a directory holding the adapters and name it in the inventory, or "
+                "re-plan with topology.remote_access: false")
+        path = store / adapter
+        if not (path / "adapter_config.json").is_file():
+            raise ConfigError(
+                f"workers '{gpu_id}': lora_resolver_dir '{store}' has no "
+                f"{adapter}/adapter_config.json; copy or link the adapter there (vLLM's "
+                "filesystem resolver loads <dir>/<adapter id>)")
+        rank = adapter_rank(path, adapter)
+        tier = tiers.get(gpu_id, gpus[gpu_id].tier)
+        if rank > tier:
+            raise ConfigError(
+                f"plan: adapter {adapter} has rank {rank} (its adapter_config.json in "
+                f"{store}) but {gpu_id}, which serves it remotely, is at tier {tier}; re-plan "
+                "with the adapter's true rank")
+    for gpu_id, adapters in sorted(remote_on.items()):
+        worker = inventory.worker(gpu_id)
+        held = len(set(gpus[gpu_id].adapters)) + len(adapters)
+        if held > worker.slots:
+            # vLLM's LRU cache cannot pin the hosted adapters: a fetched one may evict one,
+            # which is then read from disk again on its next request. Slower, not wrong.
+            logger.warning("%s hosts %d adapters and serves %d remotely, above its "
+                           "max_cpu_loras %d: its adapter cache will evict and reload",
+                           gpu_id, len(set(gpus[gpu_id].adapters)), len(adapters), worker.slots)
+
+
+def served_remotely(plan: PlacementPlan) -> dict[str, set[str]]:
+    """GPU id -> the adapters it serves remotely (routed there, not hosted)."""
+    out: dict[str, set[str]] = {}
+    for adapter, gpu_id, _ in plan.remote_pairs():
+        if plan.routes.get(adapter, {}).get(gpu_id, 0.0) > 0:
+            out.setdefault(gpu_id, set()).add(adapter)
+    return out
+
+
+def hosting_view(plan: PlacementPlan) -> PlacementPlan:
+    """``plan`` without its remote pairs: each adapter's traffic on the GPUs that host it.
+
+    A remote pair runs on stock vLLM as an on-demand load: the GPU's worker resolves the
+    adapter from its ``lora_resolver_dir`` when the first request for it arrives. Apply
+    therefore moves the fleet through this view, whose every route goes to a loaded replica
+    (the migration's make-before-break invariant), and routes the remote pairs' shares at the
+    end, when the hosted replicas are all in place. While apply runs, remote pairs carry no
+    traffic: their shares go to the adapter's hosted replicas.
+    """
+    if not plan.remote:
+        return plan
+    hosts: dict[str, list[str]] = {}
+    for gpu in plan.gpus:
+        for adapter in gpu.adapters:
+            hosts.setdefault(adapter, []).append(gpu.gpu_id)
+    routes: dict[str, dict[str, float]] = {}
+    for adapter, split in plan.routes.items():
+        kept = {g: w for g, w in split.items() if w > 0 and g in hosts.get(adapter, ())}
+        total = sum(kept.values())
+        if total > 0:
+            routes[adapter] = {g: w / total for g, w in kept.items()}
+        elif adapter in hosts:
+            routes[adapter] = {g: 1.0 / len(hosts[adapter]) for g in hosts[adapter]}
+    return plan.model_copy(update={"routes": routes, "remote": {}}).normalized()
 
 
 def migration_config(base_model: str, ranks: dict[str, int], slots: int,
@@ -309,8 +386,12 @@ class Reconciler:
         except RuntimeAdapterError as exc:
             return gpu_id, exc
 
-    async def observe(self, target: PlacementPlan, tiers: dict[str, int]) -> _Observed:
+    async def observe(self, target: PlacementPlan, tiers: dict[str, int],
+                      remote_on: dict[str, set[str]] | None = None) -> _Observed:
         """What the workers serve now, and the live routes restricted to what is loaded.
+
+        An adapter a worker resolved on demand for a remote pair it keeps (``remote_on``) is
+        not counted as hosted there: the migration neither keeps nor unloads it.
 
         Raises
         ------
@@ -346,8 +427,9 @@ class Reconciler:
             if gpu_id not in target_ids and not info.adapters and gpu_id not in types:
                 continue  # an idle worker the plans never used: leave it alone
             tier = tiers.get(gpu_id, self.inventory.worker(gpu_id).tier)
+            hosted = set(info.adapters) - (remote_on or {}).get(gpu_id, set())
             gpus.append(GPUPlacement(gpu_id=gpu_id, gpu_type=types.get(gpu_id, "any"),
-                                     tier=tier, adapters=sorted(info.adapters)))
+                                     tier=tier, adapters=sorted(hosted)))
         loaded = {g.gpu_id: set(g.adapters) for g in gpus}
         routes: dict[str, dict[str, float]] = {}
         repairs: list[MigrationStep] = []
@@ -670,15 +752,21 @@ def _with_disk_sizes(migration: MigrationPlan, sizes: dict[str, int]) -> Migrati
     return MigrationPlan(steps=steps)
 
 
-def compare(target: PlacementPlan, models: dict[str, ModelsInfo]) -> list[str]:
-    """Differences between what the workers load and what ``target`` hosts."""
+def compare(target: PlacementPlan, models: dict[str, ModelsInfo],
+            remote_on: dict[str, set[str]] | None = None) -> list[str]:
+    """Differences between what the workers load and what ``target`` hosts.
+
+    Adapters a GPU serves remotely (``remote_on``) may be loaded there or not: a worker
+    loads one on demand, and its cache may have evicted it since.
+    """
     problems: list[str] = []
     for gpu in target.gpus:
         info = models.get(gpu.gpu_id)
         if info is None:
             problems.append(f"{gpu.gpu_id} did not answer")
             continue
-        have, want = set(info.adapters), set(gpu.adapters)
+        have = set(info.adapters) - (remote_on or {}).get(gpu.gpu_id, set())
+        want = set(gpu.adapters)
         if have - want:
             problems.append(f"{gpu.gpu_id} also loads {', '.join(sorted(have - want))}")
         if want - have:
@@ -732,15 +820,18 @@ async def apply_plan(target: PlacementPlan | None, inventory: Inventory, *,
         target = interrupted.observed
     if target is None:
         raise ConfigError("give the plan to apply (or --rollback)")
-    target = target.normalized()
     tiers = last_tiers(inventory.journal)
-    ranks = check_plan_against_inventory(target, inventory, tiers)
+    ranks = check_plan_against_inventory(target.normalized(), inventory, tiers)
+    # The fleet moves through the plan's hosting view; remote pairs are routed at the end.
+    full = target.normalized()
+    remote_on = served_remotely(full)
+    target = hosting_view(full)
     paths = {a: inventory.adapter_path(a) for a in ranks}
     sizes = {a: adapter_bytes(p) for a, p in paths.items()}
 
     reconciler = Reconciler(inventory, on_step=on_step, transport=transport)
     try:
-        observed = await reconciler.observe(target, tiers)
+        observed = await reconciler.observe(target, tiers, remote_on)
         for gpu in observed.live.gpus:
             for adapter in gpu.adapters:
                 if adapter not in ranks and adapter in inventory.adapters:
@@ -768,20 +859,21 @@ async def apply_plan(target: PlacementPlan | None, inventory: Inventory, *,
         if dry_run:
             return result
         if not migration.steps and interrupted is None:
-            result.problems = compare(target, observed.models)
-            write_table(inventory.routes_file, target)
+            result.problems = compare(target, observed.models, remote_on)
+            write_table(inventory.routes_file, full)
             return result
-        return await _execute(reconciler, target, observed, migration, config, paths, sizes,
+        return await _execute(reconciler, full, observed, migration, config, paths, sizes,
                               interrupted.run if interrupted else None, rollback, result)
     finally:
         await reconciler.aclose()
 
 
-async def _execute(reconciler: Reconciler, target: PlacementPlan, observed: _Observed,
+async def _execute(reconciler: Reconciler, full: PlacementPlan, observed: _Observed,
                    migration: MigrationPlan, config: Config, paths: dict[str, Path],
                    sizes: dict[str, int], interrupted: str | None, rollback: bool,
                    result: ApplyResult) -> ApplyResult:
     inventory = reconciler.inventory
+    target, remote_on = hosting_view(full), served_remotely(full)
     run = new_run_id()
     result.run = run
     # The observed state, before repairs, is what the replay in check_journal starts from;
@@ -819,9 +911,11 @@ async def _execute(reconciler: Reconciler, target: PlacementPlan, observed: _Obs
         after = await asyncio.gather(*(reconciler.fleet.client(g.gpu_id).models()
                                        for g in target.gpus))
         result.problems = compare(target, {g.gpu_id: m for g, m in zip(target.gpus, after,
-                                                                        strict=True)})
+                                                                        strict=True)},
+                                  remote_on)
         if not result.problems:
-            await reconciler.write_routes(target)
+            # The remote pairs' shares go live last, once every hosted replica is in place.
+            await reconciler.write_routes(full)
         journal.append({"event": "end", "run": run,
                         "status": "complete" if not result.problems else "failed",
                         "problems": result.problems})

@@ -22,7 +22,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def write_fleet_inventory(fleet: Fleet, folder: Path, *, with_c: bool = False,
-                    router_url: str | None = None, **extra: Any) -> Path:
+                          router_url: str | None = None,
+                          more_workers: list[dict[str, Any]] | None = None,
+                          **extra: Any) -> Path:
     """The inventory of the fleet's workers A (tier 128), B (tier 64) and, asked for, C."""
     workers = [
         {"gpu_id": "cpu-a", "url": fleet.a.url, "tier": 128, "max_loras": 4,
@@ -32,6 +34,7 @@ def write_fleet_inventory(fleet: Fleet, folder: Path, *, with_c: bool = False,
     if with_c:
         workers.append({"gpu_id": "cpu-c", "url": fleet.c.url, "tier": 16, "max_loras": 1,
                         "max_cpu_loras": 1})
+    workers += more_workers or []
     raw: dict[str, Any] = {
         "adapter_roots": [str(fleet.assets.root)],
         "adapters": {name: str(path) for name, (path, _) in fleet.assets.adapters.items()},

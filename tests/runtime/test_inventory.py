@@ -4,9 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from loraserve.models import ConfigError
+from loraserve.models import ConfigError, PlacementPlan
 from loraserve.runtime_adapter.inventory import adapter_rank, load_inventory
-from loraserve.runtime_adapter.reconciler import check_plan_against_inventory
+from loraserve.runtime_adapter.reconciler import (
+    check_plan_against_inventory,
+    hosting_view,
+    served_remotely,
+)
 from tests.runtime.helpers import make_adapter, make_plan, write_inventory
 
 WORKER = {"gpu_id": "cpu-0", "url": "http://127.0.0.1:8101", "tier": 64, "max_loras": 2,
@@ -47,7 +51,7 @@ def test_bad_inventory_is_one_line_naming_the_field(folder: Path, change: dict[s
     raw.update(change)
     workers = raw.pop("workers")
     adapters = raw.pop("adapters")
-    path = write_inventory(folder, workers, adapters, **raw)  # type: ignore[arg-type]
+    path = write_inventory(folder, workers, adapters, **raw)
     with pytest.raises(ConfigError) as info:
         load_inventory(path)
     text = str(info.value)
@@ -94,11 +98,62 @@ def test_plan_checks_without_network(folder: Path) -> None:
          "'x' is in the plan but not in the inventory"),
         (make_plan({"cpu-0": (64, ["a8", "a128", "b", "c", "d"])}, {}),
          "hosts 5 adapters but its worker holds at most 4"),
-        (make_plan({"cpu-0": (64, ["a8"])}, {"a8": {"cpu-0": 1.0}}).model_copy(
-            update={"remote": {"a8": {"cpu-1": "cpu-0"}}}),
-         "1 remote pairs (first: a8 on cpu-1 from cpu-0); apply cannot run remote access"),
+        (make_plan({"cpu-0": (64, ["a8"])}, {"a8": {"cpu-0": 0.5, "cpu-1": 0.5}}),
+         "routes.a8 sends traffic to cpu-1, which neither hosts it nor serves it remotely"),
     ]
     for plan, message in cases:
         with pytest.raises(ConfigError) as info:
             check_plan_against_inventory(plan, inventory)
         assert message in str(info.value)
+
+
+def remote_plan(tier: int = 64) -> PlacementPlan:
+    """cpu-0 hosts a8 and a16; cpu-1 hosts a16 and serves a8 remotely, fetched from cpu-0."""
+    plan = make_plan({"cpu-0": (64, ["a8", "a16"]), "cpu-1": (tier, ["a16"])},
+                     {"a8": {"cpu-0": 0.25, "cpu-1": 0.75}, "a16": {"cpu-0": 0.5, "cpu-1": 0.5}})
+    return plan.model_copy(update={"remote": {"a8": {"cpu-1": "cpu-0"}}})
+
+
+def test_remote_pairs_need_a_worker_that_resolves_them(folder: Path) -> None:
+    make_adapter(folder / "adapters", "a16", 16)
+    make_adapter(folder / "store", "a8", 8)
+    (folder / "empty-store").mkdir()
+    second = {**WORKER, "gpu_id": "cpu-1", "url": "http://127.0.0.1:8102"}
+    adapters: dict[str, str | Path] = {"a8": "adapters/a8", "a16": "adapters/a16"}
+    plan = remote_plan()
+    with_store = load_inventory(write_inventory(
+        folder, [WORKER, {**second, "lora_resolver_dir": "store"}], adapters))
+    assert with_store.worker("cpu-1").lora_resolver_dir == (folder / "store").resolve()
+    assert check_plan_against_inventory(plan, with_store) == {"a8": 8, "a16": 16}
+    cases = [
+        ([WORKER, second], "plan: cpu-1 serves a8 remotely (fetched from cpu-0) but its worker "
+                           "has no lora_resolver_dir"),
+        ([WORKER, {**second, "lora_resolver_dir": "empty-store"}],
+         "lora_resolver_dir '" + str((folder / "empty-store").resolve()) + "' has no "
+         "a8/adapter_config.json; copy or link the adapter there"),
+    ]
+    for workers, message in cases:
+        inventory = load_inventory(write_inventory(folder, workers, adapters))
+        with pytest.raises(ConfigError) as info:
+            check_plan_against_inventory(plan, inventory)
+        assert message in str(info.value) and "\n" not in str(info.value)
+    # The store's copy decides the rank, as vLLM reads it there.
+    make_adapter(folder / "store", "a8", 128)
+    with pytest.raises(ConfigError, match=r"adapter a8 has rank 128 .* but cpu-1, which serves "
+                                          r"it remotely, is at tier 64"):
+        check_plan_against_inventory(plan, with_store)
+    with pytest.raises(ConfigError, match=r"workers\[1\]\.lora_resolver_dir: directory"):
+        load_inventory(write_inventory(folder, [WORKER, {**second, "lora_resolver_dir": "no"}],
+                                       adapters))
+
+
+def test_hosting_view_moves_remote_shares_to_hosted_replicas() -> None:
+    plan = remote_plan()
+    view = hosting_view(plan)
+    assert view.remote == {}
+    assert view.routes["a8"] == {"cpu-0": 1.0}
+    assert view.routes["a16"] == {"cpu-0": 0.5, "cpu-1": 0.5}
+    assert [g.adapters for g in view.gpus] == [["a16", "a8"], ["a16"]]
+    assert served_remotely(plan) == {"cpu-1": {"a8"}}
+    plain = make_plan({"cpu-0": (64, ["a8"])}, {"a8": {"cpu-0": 1.0}})
+    assert hosting_view(plain) is plain and served_remotely(plain) == {}
