@@ -10,12 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
+from loraserve.runtime_adapter.journal import JournalRun, read_runs
 from tests.runtime.conftest import API_KEY_ENV, Fleet, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,3 +87,38 @@ class Router:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=20)
         self.log.close()
+
+
+def kill_mid_run(command: list[str], journal: Path, steps_done: int,
+                 go_back: Callable[[], object], tries: int = 3) -> JournalRun:
+    """Run ``apply`` as ``command`` and SIGKILL it once its run has ``steps_done`` steps done.
+
+    The process runs in slices of 20 ms and is stopped (SIGSTOP) while the journal is read,
+    so it rarely gets further than asked. Where it still finished its steps before the kill
+    (a busy machine can starve this loop), ``go_back`` restores the starting plan and the
+    kill is tried again. Returns the interrupted run.
+    """
+    for _ in range(tries):
+        before = len(read_runs(journal))
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, cwd=REPO)
+        deadline = time.monotonic() + 120.0
+        try:
+            while time.monotonic() < deadline and process.poll() is None:
+                process.send_signal(signal.SIGSTOP)
+                runs = read_runs(journal)
+                if len(runs) > before and len(runs[before].done) >= steps_done:
+                    break
+                process.send_signal(signal.SIGCONT)
+                time.sleep(0.02)
+        finally:
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+            process.wait(timeout=30)
+        runs = read_runs(journal)
+        if len(runs) > before:
+            run = runs[before]
+            if run.status == "interrupted" and steps_done <= len(run.done) < len(run.steps):
+                return run
+        go_back()
+    raise AssertionError(f"apply was not killed mid-run in {tries} tries")

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -35,7 +32,7 @@ from loraserve.runtime_adapter.errors import (
 from loraserve.runtime_adapter.journal import check_journal, read_runs
 from loraserve.runtime_adapter.localfleet import stop_worker
 from tests.runtime.conftest import API_KEY, API_KEY_ENV, Fleet, free_port
-from tests.runtime.fleet import REPO, Router, loaded, write_fleet_inventory
+from tests.runtime.fleet import Router, kill_mid_run, loaded, write_fleet_inventory
 from tests.runtime.helpers import even_routes, make_plan
 
 pytestmark = pytest.mark.vllm
@@ -341,7 +338,8 @@ def test_kill_during_apply_then_resume(fleet: Fleet, tmp_path: Path,
     inventory, router = routed
     # One step at a time, so that the kill lands in the middle of the run.
     write_fleet_inventory(fleet, tmp_path, router_url=router.url, concurrency=1)
-    assert apply(save_plan(tmp_path, "p2.yaml", P2), inventory, capsys)[0] == 0
+    p2 = save_plan(tmp_path, "p2.yaml", P2)
+    assert apply(p2, inventory, capsys)[0] == 0
     journal = tmp_path / "journal.jsonl"
     served = set(SERVED)
     watcher = Watcher(fleet, served)
@@ -349,33 +347,21 @@ def test_kill_during_apply_then_resume(fleet: Fleet, tmp_path: Path,
     watcher.start()
     traffic.start()
     p3 = save_plan(tmp_path, "p3.yaml", P3)
-    env = {**os.environ, API_KEY_ENV: API_KEY}
-    process = subprocess.Popen(
+    killed = kill_mid_run(
         [sys.executable, "-m", "loraserve.cli", "apply", str(p3), "--workers", str(inventory)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        runs = read_runs(journal)
-        if len(runs) == 2 and len(runs[1].done) >= 4:
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    process.wait(timeout=30)
-    runs = read_runs(journal)
-    assert runs[1].status == "interrupted", "apply finished before it could be killed"
-    killed_after = len(runs[1].done)
-    assert 4 <= killed_after < len(runs[1].steps)
+        journal, 4, lambda: apply(p2, inventory, capsys))
 
     code, out, err = apply(p3, inventory, capsys)
     time.sleep(1.0)
     traffic.finish()
     watcher.finish()
     assert code == 0, out + err
-    assert f"resuming after interrupted run {runs[1].run}" in out
+    assert f"resuming after interrupted run {killed.run}" in out
     assert loaded(fleet) == hosted(P3)
     runs = read_runs(journal)
-    assert [r.status for r in runs] == ["complete", "superseded", "complete"]
-    assert runs[2].begin["resumes"] == runs[1].run
+    statuses = {r.run: r.status for r in runs}
+    assert statuses[killed.run] == "superseded"
+    assert runs[-1].status == "complete" and runs[-1].begin["resumes"] == killed.run
     assert check_journal(journal) == []
     assert watcher.samples > 10 and watcher.missing == []
     assert traffic.failures == []
@@ -386,26 +372,19 @@ def test_rollback_after_a_kill(fleet: Fleet, tmp_path: Path, routed: tuple[Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     inventory, router = routed
     write_fleet_inventory(fleet, tmp_path, router_url=router.url, concurrency=1)
-    assert apply(save_plan(tmp_path, "p1.yaml", P1), inventory, capsys)[0] == 0
+    p1 = save_plan(tmp_path, "p1.yaml", P1)
+    assert apply(p1, inventory, capsys)[0] == 0
     journal = tmp_path / "journal.jsonl"
-    env = {**os.environ, API_KEY_ENV: API_KEY}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "loraserve.cli", "apply", str(save_plan(tmp_path, "p3.yaml", P3)),
-         "--workers", str(inventory)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=env, cwd=REPO)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        runs = read_runs(journal)
-        if len(runs) == 2 and len(runs[1].done) >= 3:
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    process.wait(timeout=30)
-    assert read_runs(journal)[1].status == "interrupted"
+    p3 = save_plan(tmp_path, "p3.yaml", P3)
+    killed = kill_mid_run(
+        [sys.executable, "-m", "loraserve.cli", "apply", str(p3), "--workers", str(inventory)],
+        journal, 3, lambda: apply(p1, inventory, capsys))
     code, out, err = apply(None, inventory, capsys, "--rollback")
     assert code == 0, out + err
     assert loaded(fleet) == hosted(P1)
-    assert [r.status for r in read_runs(journal)] == ["complete", "superseded", "complete"]
+    runs = read_runs(journal)
+    assert {r.run: r.status for r in runs}[killed.run] == "superseded"
+    assert runs[-1].status == "complete" and runs[-1].begin["rollback"] is True
     assert check_journal(journal) == []
 
 
