@@ -9,14 +9,17 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
+from loraserve.cli import main
 from loraserve.runtime_adapter.journal import JournalRun, read_runs
 from tests.runtime.conftest import API_KEY_ENV, Fleet, free_port
 
@@ -122,3 +125,74 @@ def kill_mid_run(command: list[str], journal: Path, steps_done: int,
                 return run
         go_back()
     raise AssertionError(f"apply was not killed mid-run in {tries} tries")
+
+
+class Traffic(threading.Thread):
+    """Completions for every adapter, round robin, through the router, until stopped."""
+
+    def __init__(self, url: str, adapters: list[str], stream_every: int = 3,
+                 pause_s: float = 0.0) -> None:
+        super().__init__(daemon=True)
+        self.pause_s = pause_s
+        self.url = url
+        self.adapters = adapters
+        self.stream_every = stream_every
+        self.stop_event = threading.Event()
+        self.sent = 0
+        self.failures: list[str] = []
+        self.per_adapter: dict[str, int] = dict.fromkeys(adapters, 0)
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            deadline = time.monotonic() + 600  # bounded even if a test forgets to stop it
+            while not self.stop_event.is_set() and time.monotonic() < deadline:
+                if self.pause_s:
+                    time.sleep(self.pause_s)
+                adapter = self.adapters[self.sent % len(self.adapters)]
+                stream = self.sent % self.stream_every == 0
+                body = {"model": adapter, "prompt": "hello world", "max_tokens": 4,
+                        "temperature": 0.0, "stream": stream}
+                self.sent += 1
+                try:
+                    if stream:
+                        with client.stream("POST", "/v1/completions", json=body) as response:
+                            text = b"".join(response.iter_bytes())
+                            ok = response.status_code == 200 and b"[DONE]" in text
+                    else:
+                        response = client.post("/v1/completions", json=body)
+                        text = response.content
+                        ok = response.status_code == 200 and bool(response.json()["choices"])
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"{adapter}: {type(exc).__name__}: {exc}")
+                    continue
+                if ok:
+                    self.per_adapter[adapter] += 1
+                else:
+                    self.failures.append(f"{adapter}: {text[:200]!r}")
+
+    def finish(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=120)
+
+
+def apply(plan: Path | None, inventory: Path, capsys: pytest.CaptureFixture[str],
+          *extra: str) -> tuple[int, str, str]:
+    """``loraserve apply`` in this process: exit code, stdout and stderr."""
+    args = ["apply", *([str(plan)] if plan else []), "--workers", str(inventory), *extra]
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def apply_under_traffic(router_url: str, adapters: list[str], plan: Path, inventory: Path,
+                        capsys: pytest.CaptureFixture[str], before_s: float = 2.0,
+                        after_s: float = 1.0) -> Traffic:
+    """Apply ``plan`` while :class:`Traffic` runs through the router; the traffic's record."""
+    traffic = Traffic(router_url, adapters)
+    traffic.start()
+    time.sleep(before_s)
+    code, out, err = apply(plan, inventory, capsys)
+    time.sleep(after_s)
+    traffic.finish()
+    assert code == 0, out + err
+    return traffic

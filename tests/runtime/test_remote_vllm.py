@@ -10,7 +10,6 @@ through the router the whole time.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,9 +25,8 @@ from loraserve.runtime_adapter.localfleet import (
     wait_healthy,
 )
 from tests.runtime.conftest import API_KEY, API_KEY_ENV, Fleet, free_port
-from tests.runtime.fleet import Router, loaded, write_fleet_inventory
+from tests.runtime.fleet import Router, apply, apply_under_traffic, loaded, write_fleet_inventory
 from tests.runtime.helpers import make_plan
-from tests.runtime.test_vllm_fleet import Traffic, apply
 
 pytestmark = pytest.mark.vllm
 
@@ -70,18 +68,6 @@ def served_by(router: Router, adapter: str, worker: str) -> int:
     return sum(int(float(a or b)) for a, b in re.findall(pattern, text))
 
 
-def run_under_traffic(router: Router, plan: Path, inventory: Path,
-                      capsys: pytest.CaptureFixture[str]) -> Traffic:
-    traffic = Traffic(router.url, SERVED)
-    traffic.start()
-    time.sleep(1.5)
-    code, out, err = apply(plan, inventory, capsys)
-    time.sleep(1.5)
-    traffic.finish()
-    assert code == 0, out + err
-    return traffic
-
-
 def test_remote_pair_is_served_through_the_resolver(fleet: Fleet, worker_d: WorkerSettings,
                                                     tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
@@ -105,7 +91,8 @@ def test_remote_pair_is_served_through_the_resolver(fleet: Fleet, worker_d: Work
 
         # Traffic, and the same plan applied again while it flows: D resolves r64-0 on its
         # first request and keeps it; apply neither unloads it nor counts it as hosted.
-        traffic = run_under_traffic(router, tmp_path / "remote.yaml", inventory, capsys)
+        traffic = apply_under_traffic(router.url, SERVED, tmp_path / "remote.yaml", inventory,
+                                      capsys)
         assert traffic.failures == []
         assert min(traffic.per_adapter.values()) > 0, traffic.per_adapter
         assert served_by(router, "r64-0", "cpu-d") > 0
@@ -116,7 +103,8 @@ def test_remote_pair_is_served_through_the_resolver(fleet: Fleet, worker_d: Work
         # Without the remote pair, D's on-demand copy is unloaded once its traffic is gone.
         hosted_only = make_plan(HOSTING, {**REMOTE_ROUTES, "r64-0": {"cpu-a": 1.0}})
         hosted_only.save(tmp_path / "hosted.yaml")
-        traffic = run_under_traffic(router, tmp_path / "hosted.yaml", inventory, capsys)
+        traffic = apply_under_traffic(router.url, SERVED, tmp_path / "hosted.yaml", inventory,
+                                      capsys)
         assert traffic.failures == []
         assert models_of(worker_d) == {"r16-0"}
         assert loaded(fleet) == {"cpu-a": {"r128-0", "r64-0"}, "cpu-b": {"r8-0"}}

@@ -19,7 +19,6 @@ import httpx
 import pytest
 import yaml
 
-from loraserve.cli import main
 from loraserve.models import PlacementPlan
 from loraserve.runtime_adapter.client import WorkerClient
 from loraserve.runtime_adapter.errors import (
@@ -32,7 +31,15 @@ from loraserve.runtime_adapter.errors import (
 from loraserve.runtime_adapter.journal import check_journal, read_runs
 from loraserve.runtime_adapter.localfleet import stop_worker
 from tests.runtime.conftest import API_KEY, API_KEY_ENV, Fleet, free_port
-from tests.runtime.fleet import Router, kill_mid_run, loaded, write_fleet_inventory
+from tests.runtime.fleet import (
+    Router,
+    Traffic,
+    apply,
+    apply_under_traffic,
+    kill_mid_run,
+    loaded,
+    write_fleet_inventory,
+)
 from tests.runtime.helpers import even_routes, make_plan
 
 pytestmark = pytest.mark.vllm
@@ -52,54 +59,6 @@ def save_plan(folder: Path, name: str, hosting: dict[str, tuple[int, list[str]]]
 
 def hosted(hosting: dict[str, tuple[int, list[str]]]) -> dict[str, set[str]]:
     return {g: set(adapters) for g, (_, adapters) in hosting.items()}
-
-
-class Traffic(threading.Thread):
-    """Completions for every adapter, round robin, through the router, until stopped."""
-
-    def __init__(self, url: str, adapters: list[str], stream_every: int = 3,
-                 pause_s: float = 0.0) -> None:
-        super().__init__(daemon=True)
-        self.pause_s = pause_s
-        self.url = url
-        self.adapters = adapters
-        self.stream_every = stream_every
-        self.stop_event = threading.Event()
-        self.sent = 0
-        self.failures: list[str] = []
-        self.per_adapter: dict[str, int] = dict.fromkeys(adapters, 0)
-
-    def run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=60) as client:
-            deadline = time.monotonic() + 600  # bounded even if a test forgets to stop it
-            while not self.stop_event.is_set() and time.monotonic() < deadline:
-                if self.pause_s:
-                    time.sleep(self.pause_s)
-                adapter = self.adapters[self.sent % len(self.adapters)]
-                stream = self.sent % self.stream_every == 0
-                body = {"model": adapter, "prompt": "hello world", "max_tokens": 4,
-                        "temperature": 0.0, "stream": stream}
-                self.sent += 1
-                try:
-                    if stream:
-                        with client.stream("POST", "/v1/completions", json=body) as response:
-                            text = b"".join(response.iter_bytes())
-                            ok = response.status_code == 200 and b"[DONE]" in text
-                    else:
-                        response = client.post("/v1/completions", json=body)
-                        text = response.content
-                        ok = response.status_code == 200 and bool(response.json()["choices"])
-                except httpx.HTTPError as exc:
-                    self.failures.append(f"{adapter}: {type(exc).__name__}: {exc}")
-                    continue
-                if ok:
-                    self.per_adapter[adapter] += 1
-                else:
-                    self.failures.append(f"{adapter}: {text[:200]!r}")
-
-    def finish(self) -> None:
-        self.stop_event.set()
-        self.join(timeout=120)
 
 
 class Watcher(threading.Thread):
@@ -128,14 +87,6 @@ class Watcher(threading.Thread):
     def finish(self) -> None:
         self.stop_event.set()
         self.join(timeout=60)
-
-
-def apply(plan: Path | None, inventory: Path, capsys: pytest.CaptureFixture[str],
-          *extra: str) -> tuple[int, str, str]:
-    args = ["apply", *([str(plan)] if plan else []), "--workers", str(inventory), *extra]
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # ---- the worker client ----------------------------------------------------------------------
@@ -307,13 +258,7 @@ def test_apply_then_move_under_traffic(fleet: Fleet, tmp_path: Path,
     assert loaded(fleet) == hosted(P1)
     assert len(read_runs(tmp_path / "journal.jsonl")) == 1
 
-    traffic = Traffic(router.url, SERVED)
-    traffic.start()
-    time.sleep(2.0)
-    code, out, err = apply(p2, inventory, capsys)
-    time.sleep(1.0)
-    traffic.finish()
-    assert code == 0, out + err
+    traffic = apply_under_traffic(router.url, SERVED, p2, inventory, capsys)
     assert traffic.failures == []
     assert min(traffic.per_adapter.values()) > 0, traffic.per_adapter
     assert loaded(fleet) == hosted(P2)
