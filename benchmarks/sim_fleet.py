@@ -43,7 +43,7 @@ from loraserve.models import Config, config_from_mapping
 from loraserve.models.trace import load_azure_trace
 from loraserve.sim.engine import SimOptions
 from loraserve.sim.experiments import Scenario, gpus_needed, max_rate
-from loraserve.sim.policies import POLICIES
+from loraserve.sim.policies import default_policies
 from loraserve.sim.workload import Requests, scale_requests, trace_workload
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def status(line: str) -> None:
 
 def speed_rows(scenario: Scenario, n_adapters: int, gpus: int) -> list[dict[str, Any]]:
     rows = []
-    for policy in POLICIES:
+    for policy in default_policies(scenario.config):
         started = time.perf_counter()
         deployment = scenario.deployment(policy, gpus)
         deploy_s = time.perf_counter() - started
@@ -96,7 +96,7 @@ def speed_rows(scenario: Scenario, n_adapters: int, gpus: int) -> list[dict[str,
 def headline_rows(scenario: Scenario, n_adapters: int, gpus: int,
                   rate_search: bool) -> list[dict[str, Any]]:
     rows = []
-    for policy in POLICIES:
+    for policy in default_policies(scenario.config):
         started = time.perf_counter()
         needed = gpus_needed(scenario, policy)
         row: dict[str, Any] = {"adapters": n_adapters, "policy": policy,

@@ -32,7 +32,13 @@ from loraserve.sim.experiments import (
     plot_capacity,
     plot_comparison,
 )
-from loraserve.sim.policies import POLICIES, Deployment, deploy, deployment_from_plan
+from loraserve.sim.policies import (
+    POLICIES,
+    Deployment,
+    default_policies,
+    deploy,
+    deployment_from_plan,
+)
 from loraserve.sim.results import SimResult
 from loraserve.sim.workload import (
     Drift,
@@ -62,6 +68,7 @@ __all__ = [
     "capacity",
     "compare",
     "compare_dynamic",
+    "default_policies",
     "deploy",
     "deployment_from_plan",
     "fit_token_means",

@@ -34,7 +34,7 @@ from loraserve.sim.experiments import (
     plot_capacity,
     plot_comparison,
 )
-from loraserve.sim.policies import POLICIES, deployment_from_plan
+from loraserve.sim.policies import POLICIES, default_policies, deployment_from_plan
 from loraserve.sim.results import SimResult
 from loraserve.sim.workload import (
     Requests,
@@ -252,8 +252,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _policies(args: argparse.Namespace, config: Config) -> list[str]:
     if args.policies is None:
-        # Remote access needs a topology: without one its row would only say "no plan".
-        return [p for p in POLICIES if p != "loraserve-remote" or config.remote_enabled]
+        return default_policies(config)
     return parse_names(args.policies, POLICIES, "--policies", "policy")
 
 

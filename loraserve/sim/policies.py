@@ -44,6 +44,15 @@ logger = logging.getLogger(__name__)
 POLICIES: tuple[str, ...] = ("vllm-default", "rank-agnostic-packing", "loraserve-greedy",
                              "loraserve", "loraserve-remote")
 
+
+def default_policies(config: Config) -> list[str]:
+    """The policies worth comparing on ``config``: all, less remote access without a topology.
+
+    Without a topology with ``remote_access``, ``loraserve-remote`` has no plan, and its row
+    would only say so.
+    """
+    return [p for p in POLICIES if p != "loraserve-remote" or config.remote_enabled]
+
 #: Headroom factors the search for a fleet size stays within.
 MIN_HEADROOM, MAX_HEADROOM = 1 / 64, 64.0
 #: Bisection steps on the headroom once bracketed within 1.25x (the count is a step function).

@@ -7,7 +7,13 @@ import math
 import pytest
 
 from loraserve import ConfigError, CostModel, load_config
-from loraserve.sim.policies import POLICIES, deploy, deployment_from_plan, top_tier
+from loraserve.sim.policies import (
+    POLICIES,
+    default_policies,
+    deploy,
+    deployment_from_plan,
+    top_tier,
+)
 from loraserve.solver import solve
 from tests.conftest import QUICKSTART, adapter, make_config, rate_for_load
 
@@ -89,3 +95,9 @@ def test_unknown_policy_and_mismatched_plan_are_refused(quickstart) -> None:  # 
         deployment_from_plan(plan, quickstart)
     assert set(POLICIES) == {"vllm-default", "rank-agnostic-packing", "loraserve-greedy",
                              "loraserve", "loraserve-remote"}
+
+
+def test_default_policies_leave_out_remote_access_without_a_topology() -> None:
+    assert "loraserve-remote" not in default_policies(make_config())
+    with_topology = make_config(topology={"nic_gbit_per_s": 200.0})
+    assert default_policies(with_topology) == list(POLICIES)
