@@ -13,6 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loraserve._argtypes import count as _count
 from loraserve._argtypes import positive as _positive
@@ -26,6 +27,9 @@ from loraserve.models import (
 )
 from loraserve.solver import SOLVERS, solve
 from loraserve.solver.progress import Progress, ProgressCallback
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger("loraserve")
 
@@ -160,6 +164,27 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _worst_gpus(gpus: pd.DataFrame, config: Config, shown: int = 3) -> str:
+    """One line on the GPUs with the lowest share of requests within the SLO, and why."""
+    worst = gpus.sort_values("slo_attainment").head(shown)
+    slo, limit = config.slo, config.serving.max_loras
+    parts = []
+    for row in worst.to_dict("records"):
+        ttft, tpot = float(row["ttft_tail_ms"]), float(row["tpot_tail_ms"])
+        busy = float(row["expected_busy_adapters"])
+        causes = []
+        if ttft > slo.ttft_ms:
+            causes.append(f"p{slo.percentile:g} TTFT {ttft / 1e3:.1f} s")
+        if tpot > slo.tpot_ms:
+            causes.append(f"p{slo.percentile:g} TPOT {tpot:.0f} ms")
+        if busy > limit:
+            causes.append(f"{busy:.1f} busy adapters for {limit} slots")
+        causes.append(f"load {float(row['load']):.0%}")
+        parts.append(f"{row['gpu_id']} {float(row['slo_attainment']):.1%} "
+                     f"({', '.join(causes)})")
+    return "worst GPUs in simulation: " + "; ".join(parts)
+
+
 def _size_by_simulation(args: argparse.Namespace, config: Config,
                         plan: PlacementPlan) -> PlacementPlan | None:
     """The plan on the fewest GPUs that meets the SLO in simulation, starting from ``plan``.
@@ -181,6 +206,7 @@ def _size_by_simulation(args: argparse.Namespace, config: Config,
          f"{verdict} the SLO, {first.summary['slo_attainment']:.1%} of requests within it")
     if first.meets_slo:
         return plan
+    _out(_worst_gpus(first.gpus, config))
     found = gpus_needed(scenario, "loraserve", start=plan.num_gpus + 1)
     if found.value is None:
         _out(f"no fleet up to {8 * (plan.num_gpus + 1)} GPUs meets the SLO in simulation; "

@@ -249,6 +249,9 @@ def test_plan_sized_by_simulation(quickstart_plan: Path, tmp_path: Path,
     out = capsys.readouterr().out
     modelled = PlacementPlan.load(quickstart_plan).num_gpus
     assert "the plan misses the SLO" in out
+    # Where it misses, said per GPU: the quickstart's worst GPUs break the TTFT SLO.
+    worst = next(line for line in out.splitlines() if line.startswith("worst GPUs"))
+    assert worst.count("%") >= 3 and "p99 TTFT" in worst
     sized = PlacementPlan.load(out_plan)
     assert sized.num_gpus > modelled
     assert f"the fewest GPUs that meet it in simulation: {sized.num_gpus}" in out
