@@ -121,6 +121,19 @@ def active_adapters(in_flight: list[float], slots: int) -> tuple[float, float]:
     times time in the system). Requests of one adapter overlap as in an M/G/infinity queue, so
     the adapter is busy with probability ``1 - exp(-in_flight)``, independently of the others;
     the count of busy adapters is then Poisson-binomial.
+
+    Parameters
+    ----------
+    in_flight : list of float
+        Mean requests in flight per adapter.
+    slots : int
+        Adapters a batch can run at once (``max_loras``).
+
+    Returns
+    -------
+    tuple of float
+        The expected number of busy adapters, and the probability that more than ``slots``
+        are busy.
     """
     busy = [1.0 - math.exp(-max(0.0, m)) for m in in_flight]
     # Only counts up to slots + 1 matter, which keeps this linear in the adapters.

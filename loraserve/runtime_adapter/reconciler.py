@@ -285,7 +285,17 @@ def _check_remote_pairs(plan: PlacementPlan, inventory: Inventory,
 
 
 def served_remotely(plan: PlacementPlan) -> dict[str, set[str]]:
-    """GPU id -> the adapters it serves remotely (routed there, not hosted)."""
+    """The adapters each GPU serves remotely (routed there, not hosted).
+
+    Parameters
+    ----------
+    plan : PlacementPlan
+
+    Returns
+    -------
+    dict
+        GPU id -> adapter ids; GPUs without remote pairs are absent.
+    """
     out: dict[str, set[str]] = {}
     for adapter, gpu_id, _ in plan.remote_pairs():
         if plan.routes.get(adapter, {}).get(gpu_id, 0.0) > 0:
@@ -302,6 +312,17 @@ def hosting_view(plan: PlacementPlan) -> PlacementPlan:
     (the migration's make-before-break invariant), and routes the remote pairs' shares at the
     end, when the hosted replicas are all in place. While apply runs, remote pairs carry no
     traffic: their shares go to the adapter's hosted replicas.
+
+    Parameters
+    ----------
+    plan : PlacementPlan
+
+    Returns
+    -------
+    PlacementPlan
+        ``plan`` itself when it has no remote pairs; else a copy with ``remote`` empty and
+        each adapter's routes renormalized over its hosting GPUs (split evenly where every
+        share was remote).
     """
     if not plan.remote:
         return plan

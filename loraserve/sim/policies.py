@@ -50,6 +50,15 @@ def default_policies(config: Config) -> list[str]:
 
     Without a topology with ``remote_access``, ``loraserve-remote`` has no plan, and its row
     would only say so.
+
+    Parameters
+    ----------
+    config : Config
+
+    Returns
+    -------
+    list of str
+        Names from :data:`POLICIES`, in that order.
     """
     return [p for p in POLICIES if p != "loraserve-remote" or config.remote_enabled]
 
