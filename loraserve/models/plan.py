@@ -241,6 +241,13 @@ class PlacementPlan(BaseModel):
         limits hosted adapters to ``max_cpu_loras``, not busy ones to ``max_loras``. This table
         says where that matters (:meth:`CostModel.predict` explains the estimate).
 
+        Parameters
+        ----------
+        config : Config
+            Gives the adapters' rates and token counts, and ``max_loras``.
+        cost_model : CostModel, optional
+            Built from ``config`` when omitted.
+
         Returns
         -------
         pandas.DataFrame
