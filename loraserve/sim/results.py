@@ -121,6 +121,33 @@ class SimResult:
         ``tpot_tail_ms`` at the SLO percentile) and, for a plan, ``expected_busy_adapters``
         (:meth:`PlacementPlan.slot_table`), so a miss can be traced to the GPUs behind it.
         """
+        frame = self._counters.copy()
+        quantile = self.config.slo.percentile
+        per_gpu = {gpu: (float(rows["slo_ok"].mean()), _tail(rows, "ttft_ms", quantile),
+                         _tail(rows, "tpot_ms", quantile))
+                   for gpu, rows in self.requests.groupby("gpu", sort=False) if gpu}
+        figures = [per_gpu.get(g, (math.nan,) * 3) for g in frame["gpu_id"]]
+        busy_adapters: dict[str, float] = {}
+        if self.plan is not None:
+            slots = self.plan.slot_table(self.config, self.cost_model)
+            busy_adapters = dict(zip(slots["gpu_id"], slots["expected_active"], strict=True))
+        at = list(frame.columns).index("predicted_utilization") + 1
+        for offset, (name, values) in enumerate((
+                ("slo_attainment", [f[0] for f in figures]),
+                ("ttft_tail_ms", [f[1] for f in figures]),
+                ("tpot_tail_ms", [f[2] for f in figures]),
+                ("expected_busy_adapters",
+                 [busy_adapters.get(g, math.nan) for g in frame["gpu_id"]]))):
+            frame.insert(at + offset, name, values)
+        return frame
+
+    @cached_property
+    def _counters(self) -> pd.DataFrame:
+        """:attr:`gpus` without the per-GPU SLO figures: all :attr:`summary` needs, and cheap.
+
+        The GPU-count searches read the summary of dozens of runs of a whole trace each;
+        grouping every request by GPU for figures they never read would slow them.
+        """
         run, req, model = self.run, self.run.requests, self.cost_model
         window = max(req.duration, 1e-9)
         # Busy time runs until the last request drains, past the arrival window.
@@ -130,16 +157,8 @@ class SimResult:
         completed = np.bincount(run.gpu[np.isfinite(run.done)], minlength=n) if len(req) \
             else np.zeros(n)
         predicted: dict[str, float] = {}
-        busy_adapters: dict[str, float] = {}
         if self.plan is not None:
             predicted = {g.gpu_id: g.utilization for g in self.plan.gpus}
-            slots = self.plan.slot_table(self.config, model)
-            busy_adapters = dict(zip(slots["gpu_id"], slots["expected_active"], strict=True))
-        table = self.requests
-        quantile = self.config.slo.percentile
-        per_gpu = {gpu: (float(rows["slo_ok"].mean()), _tail(rows, "ttft_ms", quantile),
-                         _tail(rows, "tpot_ms", quantile))
-                   for gpu, rows in table.groupby("gpu", sort=False) if gpu}
         rows: list[dict[str, Any]] = []
         for i, worker in enumerate(run.workers):
             try:
@@ -163,10 +182,6 @@ class SimResult:
                 "busy": min(1.0, float(run.busy_s[i]) / span),
                 "load": load,
                 "predicted_utilization": predicted.get(worker.gpu_id, math.nan),
-                "slo_attainment": per_gpu.get(worker.gpu_id, (math.nan,) * 3)[0],
-                "ttft_tail_ms": per_gpu.get(worker.gpu_id, (math.nan,) * 3)[1],
-                "tpot_tail_ms": per_gpu.get(worker.gpu_id, (math.nan,) * 3)[2],
-                "expected_busy_adapters": busy_adapters.get(worker.gpu_id, math.nan),
                 "adapter_loads": int(run.loads[i]),
                 "cold_loads": int(run.cold_loads[i]),
                 "load_s": float(run.load_s[i]),
@@ -181,11 +196,8 @@ class SimResult:
         done = np.isfinite(table["e2e_ms"].to_numpy())
         window = max(req.duration, float(np.nanmax(run.done)) if done.any() else 0.0, 1e-9)
 
-        def tail(column: str, q: float) -> float:
-            return _tail(table, column, q)
-
         attainment = float(table["slo_ok"].mean()) if len(table) else 1.0
-        gpus = self.gpus
+        gpus = self._counters
         return {
             "policy": self.policy,
             "gpus": len(run.workers),
@@ -194,13 +206,13 @@ class SimResult:
             "offered_rps": req.rate,
             "throughput_rps": float(done.sum()) / window,
             "output_tokens_per_s": float(req.output_tokens[done].sum()) / window,
-            "ttft_p50_ms": tail("ttft_ms", 50),
-            "ttft_p90_ms": tail("ttft_ms", 90),
-            "ttft_p99_ms": tail("ttft_ms", 99),
-            "tpot_p50_ms": tail("tpot_ms", 50),
-            "tpot_p99_ms": tail("tpot_ms", 99),
-            "e2e_p50_ms": tail("e2e_ms", 50),
-            "e2e_p99_ms": tail("e2e_ms", 99),
+            "ttft_p50_ms": _tail(table, "ttft_ms", 50),
+            "ttft_p90_ms": _tail(table, "ttft_ms", 90),
+            "ttft_p99_ms": _tail(table, "ttft_ms", 99),
+            "tpot_p50_ms": _tail(table, "tpot_ms", 50),
+            "tpot_p99_ms": _tail(table, "tpot_ms", 99),
+            "e2e_p50_ms": _tail(table, "e2e_ms", 50),
+            "e2e_p99_ms": _tail(table, "e2e_ms", 99),
             "slo_attainment": attainment,
             "meets_slo": attainment >= self.config.slo.percentile / 100.0 and not run.stopped,
             "mean_busy": float(gpus["busy"].mean()),
