@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from loraserve.solver.greedy import OpenGPU
+from loraserve.solver.greedy import OpenGPU, fewest_that_pack
 from loraserve.solver.instance import EPS, InfeasibleError, Instance, Kind
 from loraserve.solver.paper_greedy import Fill, loraserve_greedy, validity
 
@@ -151,24 +151,11 @@ def rank_agnostic_placement(inst: Instance) -> list[OpenGPU]:
     def attempt(n: int) -> list[OpenGPU] | None:
         return _pack_balanced(inst, _fleet(kinds, n), order)
 
-    # Gallop up, then bisect back: where slots or bytes bind the count can sit far above
-    # the load bound, and each attempt packs every adapter.
-    low, n, step = start - 1, start, 1
-    found = attempt(n)
-    while found is None:
-        if n >= pool:
-            raise InfeasibleError(
-                f"rank-agnostic: no packing at tier {best.tier} on up to {pool} GPUs", "pool")
-        low, n, step = n, min(pool, n + step), 2 * step
-        found = attempt(n)
-    high = n
-    while high - low > 1:
-        mid = (low + high) // 2
-        trial = attempt(mid)
-        if trial is None:
-            low = mid
-        else:
-            high, found = mid, trial
+    packed = fewest_that_pack(attempt, start, pool)
+    if packed is None:
+        raise InfeasibleError(
+            f"rank-agnostic: no packing at tier {best.tier} on up to {pool} GPUs", "pool")
+    high, found = packed
     logger.info("rank-agnostic: %d GPUs at tier %d (search started at %d)", high, best.tier,
                 start)
     return [g for g in found if g.shares]

@@ -22,12 +22,15 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
 from loraserve.solver.instance import EPS, InfeasibleError, Instance, Kind
 
 logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: A split onto an open GPU is taken only if it carries at least this share of what remains;
 #: smaller splits cost a slot for little traffic.
@@ -463,42 +466,82 @@ def _pack_paired(inst: Instance, kind: Kind, count: int) -> _State | None:
     return state
 
 
-def _paired(inst: Instance) -> _State:
-    """Pair dense with sparse adapters on GPUs of one kind (see :func:`_pack_paired`).
+def fewest_that_pack(attempt: Callable[[int], _T | None], start: int,
+                     stop: int) -> tuple[int, _T] | None:
+    """The smallest GPU count in ``[start, stop]`` at which ``attempt`` packs, and its packing.
 
-    The kind is the cheapest one per unit of work that admits every adapter; the GPU count
-    gallops up from what the work and the cache need, then bisects back.
+    Gallops up from ``start`` (the step doubling, never past ``stop``), then bisects back
+    between the last count that failed and the first that packed: where slots or bytes
+    bind, the count can sit far above the bound it starts from, and each attempt packs
+    everything. Packing is taken to be monotone in the count.
+
+    Parameters
+    ----------
+    attempt : callable
+        Packs on the given number of GPUs; None when it does not fit.
+    start, stop : int
+        A lower bound on the count, and the most GPUs there are.
+
+    Returns
+    -------
+    tuple or None
+        ``(count, packing)``; None when not even ``stop`` GPUs pack.
     """
-    if not math.isfinite(inst.cache_bytes):
-        raise InfeasibleError("pairing balances cache bytes; there is no cache limit", "memory")
+    low, step, count = start - 1, 1, min(start, stop)
+    found: _T | None = None
+    while count > low:
+        found = attempt(count)
+        if found is not None:
+            break
+        low, count, step = count, min(stop, count + step), 2 * step
+    if found is None:
+        return None
+    high = count
+    while high - low > 1:
+        mid = (low + high) // 2
+        trial = attempt(mid)
+        if trial is not None:
+            high, found = mid, trial
+        else:
+            low = mid
+    return high, found
+
+
+def one_kind_for_all(inst: Instance) -> tuple[Kind, int] | None:
+    """The kind that serves every adapter at least cost, and a lower bound on its GPU count.
+
+    The kind is the cheapest per unit of the whole work among those whose tier admits the
+    highest rank; the bound is the largest of what the work, the cache bytes and the slots
+    need. None when no kind admits the highest rank.
+    """
     top = int(inst.ranks.max())
     kinds = [k for k in inst.kinds if k.tier >= top]
     if not kinds:
-        raise InfeasibleError(f"no GPU kind admits rank {top}", "tier")
+        return None
     kind = min(kinds, key=lambda k: (k.unit_cost / k.capacity * float(inst.load[:, k.index].sum()),
                                       k.tier))
     start = max(1, math.ceil(float(inst.load[:, kind.index].sum()) / kind.capacity - 1e-9),
                 math.ceil(float(inst.bytes.sum()) / inst.cache_bytes - 1e-9),
                 math.ceil(inst.num_adapters / inst.slots))
+    return kind, start
+
+
+def _paired(inst: Instance) -> _State:
+    """Pair dense with sparse adapters on GPUs of one kind (see :func:`_pack_paired`).
+
+    The kind is :func:`one_kind_for_all`'s; the GPU count is :func:`fewest_that_pack`'s.
+    """
+    if not math.isfinite(inst.cache_bytes):
+        raise InfeasibleError("pairing balances cache bytes; there is no cache limit", "memory")
+    chosen = one_kind_for_all(inst)
+    if chosen is None:
+        raise InfeasibleError(f"no GPU kind admits rank {int(inst.ranks.max())}", "tier")
+    kind, start = chosen
     stop = kind.pool_count
-    low, step, count = start - 1, 1, min(start, stop)
-    found: _State | None = None
-    while count > low:
-        found = _pack_paired(inst, kind, count)
-        if found is not None:
-            break
-        low, count, step = count, min(stop, count + step), 2 * step
-    if found is None:
+    packed = fewest_that_pack(lambda count: _pack_paired(inst, kind, count), start, stop)
+    if packed is None:
         raise InfeasibleError(f"pairing packs no count of GPUs up to the pool's {stop}", "pool")
-    high = count
-    while high - low > 1:
-        mid = (low + high) // 2
-        trial = _pack_paired(inst, kind, mid)
-        if trial is not None:
-            high, found = mid, trial
-        else:
-            low = mid
-    return found
+    return packed[1]
 
 
 def _budgeted(inst: Instance, packer: str = "spread") -> _State:

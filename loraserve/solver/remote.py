@@ -49,7 +49,7 @@ from loraserve.models import Config, GPUPlacement, PlacementPlan, SolveResult
 from loraserve.models.topology import Topology
 from loraserve.profiles import CostModel
 from loraserve.solver._highs import quiet_banner, thread_pool
-from loraserve.solver.greedy import greedy_placement
+from loraserve.solver.greedy import fewest_that_pack, greedy_placement, one_kind_for_all
 from loraserve.solver.instance import EPS, InfeasibleError, Instance
 from loraserve.solver.milp import _WarmStartHiGHS
 
@@ -384,36 +384,17 @@ def _fetch_or_copy(fleet: _Fleet, a: int, remaining: float, min_split: float) ->
 def _paired_remote(ctx: RemoteContext) -> _Fleet:
     """:func:`_homes_then_traffic` at the fewest GPUs it packs (gallop up, then bisect)."""
     inst = ctx.inst
-    top = int(inst.ranks.max())
-    kinds = [k for k in inst.kinds if k.tier >= top]
-    if not kinds or not math.isfinite(inst.cache_bytes):
+    chosen = one_kind_for_all(inst) if math.isfinite(inst.cache_bytes) else None
+    if chosen is None:
         raise InfeasibleError("homes-then-traffic needs one kind for all and a cache limit",
                               "memory")
-    kind = min(kinds, key=lambda k: (k.unit_cost / k.capacity * float(inst.load[:, k.index].sum()),
-                                     k.tier))
+    kind, start = chosen
     stop = kind.pool_count
-    start = min(stop, max(1, math.ceil(float(inst.load[:, kind.index].sum()) / kind.capacity
-                                       - 1e-9),
-                          math.ceil(float(inst.bytes.sum()) / inst.cache_bytes - 1e-9),
-                          math.ceil(inst.num_adapters / inst.slots)))
-    low, step, count = start - 1, 1, min(start, stop)
-    found: _Fleet | None = None
-    while count > low:
-        found = _homes_then_traffic(ctx, kind.index, count)
-        if found is not None:
-            break
-        low, count, step = count, min(stop, count + step), 2 * step
-    if found is None:
+    packed = fewest_that_pack(lambda count: _homes_then_traffic(ctx, kind.index, count),
+                              min(stop, start), stop)
+    if packed is None:
         raise InfeasibleError(f"homes-then-traffic packs no count up to the pool's {stop}", "pool")
-    high = count
-    while high - low > 1:
-        mid = (low + high) // 2
-        trial = _homes_then_traffic(ctx, kind.index, mid)
-        if trial is not None:
-            high, found = mid, trial
-        else:
-            low = mid
-    return found
+    return packed[1]
 
 
 def _fleet_of(ctx: RemoteContext, gpus: list[RemoteGPU]) -> _Fleet:
