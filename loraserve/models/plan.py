@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraserve.models._files import parse_yaml, read_text, write_atomic
-from loraserve.models.config import Config
+from loraserve.models.config import Adapter, Config
 
 if TYPE_CHECKING:
     from loraserve.profiles.capacity import CostModel
@@ -258,12 +258,14 @@ class PlacementPlan(BaseModel):
 
         model = cost_model or CostModel.from_config(config)
         adapters = {a.id: a for a in config.adapters}
+        shares: dict[str, list[tuple[Adapter, float]]] = {g.gpu_id: [] for g in self.gpus}
+        for adapter_id, split in self.routes.items():
+            for gpu_id, weight in split.items():
+                if adapter_id in adapters and weight > 0 and gpu_id in shares:
+                    shares[gpu_id].append((adapters[adapter_id], weight))
         rows = []
         for gpu in self.gpus:
-            shares = [(adapters[a], split.get(gpu.gpu_id, 0.0))
-                      for a, split in self.routes.items()
-                      if a in adapters and split.get(gpu.gpu_id, 0.0) > 0]
-            prediction = model.predict(gpu.gpu_type, gpu.tier, shares)
+            prediction = model.predict(gpu.gpu_type, gpu.tier, shares[gpu.gpu_id])
             rows.append({"gpu_id": gpu.gpu_id, "hosted": len(gpu.adapters),
                          "expected_active": prediction.active_adapters,
                          "max_loras": config.serving.max_loras,
