@@ -842,9 +842,9 @@ async def apply_plan(target: PlacementPlan | None, inventory: Inventory, *,
     if target is None:
         raise ConfigError("give the plan to apply (or --rollback)")
     tiers = last_tiers(inventory.journal)
-    ranks = check_plan_against_inventory(target.normalized(), inventory, tiers)
-    # The fleet moves through the plan's hosting view; remote pairs are routed at the end.
     full = target.normalized()
+    ranks = check_plan_against_inventory(full, inventory, tiers)
+    # The fleet moves through the plan's hosting view; remote pairs are routed at the end.
     remote_on = served_remotely(full)
     target = hosting_view(full)
     paths = {a: inventory.adapter_path(a) for a in ranks}
@@ -883,18 +883,19 @@ async def apply_plan(target: PlacementPlan | None, inventory: Inventory, *,
             result.problems = compare(target, observed.models, remote_on)
             write_table(inventory.routes_file, full)
             return result
-        return await _execute(reconciler, full, observed, migration, config, paths, sizes,
-                              interrupted.run if interrupted else None, rollback, result)
+        return await _execute(reconciler, target, full, observed, migration, config, paths,
+                              sizes, interrupted.run if interrupted else None, rollback, result)
     finally:
         await reconciler.aclose()
 
 
-async def _execute(reconciler: Reconciler, full: PlacementPlan, observed: _Observed,
-                   migration: MigrationPlan, config: Config, paths: dict[str, Path],
-                   sizes: dict[str, int], interrupted: str | None, rollback: bool,
-                   result: ApplyResult) -> ApplyResult:
+async def _execute(reconciler: Reconciler, target: PlacementPlan, full: PlacementPlan,
+                   observed: _Observed, migration: MigrationPlan, config: Config,
+                   paths: dict[str, Path], sizes: dict[str, int], interrupted: str | None,
+                   rollback: bool, result: ApplyResult) -> ApplyResult:
+    """Execute ``migration`` towards ``target`` (the hosting view of ``full``), journaled."""
     inventory = reconciler.inventory
-    target, remote_on = hosting_view(full), served_remotely(full)
+    remote_on = served_remotely(full)
     run = new_run_id()
     result.run = run
     # The observed state, before repairs, is what the replay in check_journal starts from;
