@@ -192,6 +192,10 @@ class ServingLimits(BaseModel):
     adapter_cache_gib: float | None = Field(default=None, gt=0.0, le=1_000_000.0)
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
     max_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    #: Hold each GPU to the SLO families ``tpot_tail`` and ``batch_slots`` as well as to
+    #: mean compute (loraserve/profiles/slo.py). Off by default until the solver tests
+    #: built for compute alone are re-derived; see docs/architecture.md.
+    slo_families: bool = False
     max_num_seqs: int = Field(default=256, ge=1, le=65536)
     max_num_batched_tokens: int = Field(default=2048, ge=16, le=1_048_576)
 

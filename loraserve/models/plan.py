@@ -279,7 +279,9 @@ class PlacementPlan(BaseModel):
         """Check the plan against ``config``; return every violation (empty when valid).
 
         No solver is involved: routing sums, tier >= rank, compute utilization under each
-        tier's SLO-derived limit, memory, adapter slots, replica caps and pool sizes are
+        tier's SLO-derived limit, the SLO families ``tpot_tail`` (TPOT at the
+        percentile) and ``batch_slots`` (adapters busy at once against ``max_loras``),
+        memory, adapter slots, replica caps and pool sizes are
         recomputed from the inputs; for remote pairs also that the source hosts the adapter
         and is reachable, that the fetch time keeps the TTFT SLO, and that the RDMA traffic
         fits every link of the topology.
@@ -417,8 +419,23 @@ def _verify(plan: PlacementPlan, config: Config, model: CostModel) -> list[Viola
                                       f"{limit:.3f}, the most that keeps the SLO at tier "
                                       f"{gpu.tier}",
                                       excess=load[gpu.gpu_id] - limit))
+        problems += _verify_slo_families(plan, gpu, adapters, model)
     if plan.remote:
         problems += _verify_remote(plan, config, model, gpus, load)
+    return problems
+
+
+def _verify_slo_families(plan: PlacementPlan, gpu: GPUPlacement, adapters: dict[str, Adapter],
+                         model: CostModel) -> list[Violation]:
+    """The SLO families beyond compute (``tpot_tail``, ``batch_slots``) on one GPU."""
+    shares = [(adapters[a], plan.routes.get(a, {}).get(gpu.gpu_id, 0.0))
+              for a in gpu.adapters if a in adapters]
+    problems = []
+    for check in model.family_checks(gpu.gpu_type, gpu.tier, shares):
+        if check.family in ("tpot_tail", "batch_slots") and check.violated:
+            problems.append(Violation(constraint=check.family, subject=gpu.gpu_id,
+                                      message=check.detail,
+                                      excess=check.used - check.limit))
     return problems
 
 

@@ -44,6 +44,15 @@ from loraserve.models import Adapter, Config
 from loraserve.models.config import GiB
 from loraserve.profiles.library import find_profile
 from loraserve.profiles.schema import Profile
+from loraserve.profiles.slo import (
+    BATCH_SLOTS,
+    TPOT_TAIL,
+    SloCalibration,
+    TpotRow,
+    load_calibration,
+    slot_weight,
+    tail_scale,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +82,9 @@ class TierCapacity:
         Decode-step latency at ``b*``.
     max_utilization : float
         Largest load that keeps the TTFT percentile under the SLO.
+    tpot_ms : float
+        Mean TPOT of a GPU at ``max_utilization`` with the workload's mean tokens: the
+        time per output token a request's time in the system is priced with.
     """
 
     gpu_type: str
@@ -87,6 +99,7 @@ class TierCapacity:
     prefill_tokens_per_s: float = 0.0
     step_ms: float = 0.0
     max_utilization: float = 0.0
+    tpot_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,11 @@ class LatencyPrediction:
         Probability that more adapters than ``max_loras`` have a request in flight: then
         requests of the adapters left out wait for a LoRA slot to free, a wait the TTFT
         above does not count.
+    tpot_tail_ms : float
+        TPOT at the SLO percentile (the ``tpot_tail`` family's model).
+    slot_load : float
+        The ``batch_slots`` row of the hosted adapters (its limit is
+        :meth:`CostModel.slot_limit`).
     """
 
     utilization: float
@@ -112,6 +130,33 @@ class LatencyPrediction:
     ttft_ms: float
     active_adapters: float = 0.0
     slot_overflow: float = 0.0
+    tpot_tail_ms: float = 0.0
+    slot_load: float = 0.0
+
+
+@dataclass(frozen=True)
+class FamilyCheck:
+    """One per-GPU constraint family evaluated on one GPU.
+
+    Attributes
+    ----------
+    family : str
+        ``compute``, ``tpot_tail`` or ``batch_slots``.
+    used, limit : float
+        The row's value on the GPU and its limit (``used <= limit`` is feasible).
+    detail : str
+        What the row measures, for messages.
+    """
+
+    family: str
+    used: float
+    limit: float
+    detail: str
+
+    @property
+    def violated(self) -> bool:
+        """Whether the GPU breaks the family (beyond rounding)."""
+        return self.used > self.limit + 1e-6
 
 
 def active_adapters(in_flight: list[float], slots: int) -> tuple[float, float]:
@@ -174,6 +219,8 @@ class CostModel:
     mean_output_tokens: float
     _capacity: dict[tuple[str, int], TierCapacity] = field(default_factory=dict)
     _with_extra: dict[tuple[str, int, float], float] = field(default_factory=dict)
+    calibration: dict[str, SloCalibration] = field(default_factory=dict)
+    _tpot_rows: dict[tuple[str, int], TpotRow] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Config, profiles: dict[str, Profile] | None = None) -> CostModel:
@@ -201,9 +248,22 @@ class CostModel:
         model = cls(config=config, profiles=found, mean_prompt_tokens=prompt / total,
                     mean_output_tokens=output / total)
         for pool in config.pools:
+            model.calibration[pool.gpu_type] = load_calibration(pool.gpu_type,
+                                                                config.base_model.name)
             for tier in config.serving.tiers:
                 model._capacity[(pool.gpu_type, tier)] = model._tier_capacity(pool.gpu_type, tier)
+                model._tpot_rows[(pool.gpu_type, tier)] = model._tpot_row(pool.gpu_type, tier)
         return model
+
+    def _tpot_row(self, gpu_type: str, tier: int) -> TpotRow:
+        cap = self._capacity[(gpu_type, tier)]
+        kappa = self.calibration[gpu_type].tpot_tail_kappa
+        if not cap.usable:
+            return TpotRow(math.inf, 0.0, 1.0, kappa, self.config.slo.tpot_ms, math.inf,
+                           math.inf)
+        profile = self.profiles[gpu_type]
+        return TpotRow.build(profile.decode_ms(tier, 1.0), cap.step_ms, cap.batch,
+                             cap.prefill_tokens_per_s, kappa, self.config.slo.tpot_ms)
 
     # ---- per-tier capacity ---------------------------------------------------------------
 
@@ -272,10 +332,16 @@ class CostModel:
                 reason=(f"TTFT: an unloaded tier-{tier} {gpu_type} already needs {unloaded:.0f} "
                         f"ms to the first token; the SLO is {slo.ttft_ms:g} ms"),
                 **common)
+        # At the utilization limit a share of the time goes to prefill in proportion to the
+        # mean request's prefill and decode work; decode steps stretch by what is left.
+        decode_s_per_request = output / decode_tps
+        prefill_busy = max_util * prefill_s_per_request / (prefill_s_per_request
+                                                          + decode_s_per_request)
         return TierCapacity(
             gpu_type, tier, usable=True, batch=float(batch), batch_limit=limit,
             decode_tokens_per_s=decode_tps, prefill_tokens_per_s=prefill_tps, step_ms=step,
-            max_utilization=max_util, **common)
+            max_utilization=max_util, tpot_ms=min(slo.tpot_ms, step / (1.0 - prefill_busy)),
+            **common)
 
     def _max_utilization(self, prefill_s: float, step_ms: float) -> float:
         slo = self.config.slo
@@ -370,6 +436,92 @@ class CostModel:
         """Share of a tier-``tier`` GPU's time ``adapter``'s whole traffic would take."""
         return adapter.request_rate * self.request_seconds(adapter, gpu_type, tier)
 
+    # ---- SLO families (see loraserve.profiles.slo) ----------------------------------------
+
+    def tpot_row(self, gpu_type: str, tier: int) -> TpotRow:
+        """The ``tpot_tail`` row of a ``(gpu_type, tier)`` GPU."""
+        return self._tpot_rows[(gpu_type, tier)]
+
+    def tpot_load(self, adapter: Adapter, gpu_type: str, tier: int) -> float:
+        """Share of a GPU's ``tpot_tail`` row (limit 1) that ``adapter``'s whole traffic takes.
+
+        0 when ``serving.slo_families`` is off.
+        """
+        if not self.has(gpu_type, tier):
+            return math.inf
+        if not self.config.serving.slo_families:
+            return 0.0
+        return self._tpot_rows[(gpu_type, tier)].coefficient(
+            adapter.request_rate, adapter.prompt_tokens, adapter.output_tokens)
+
+    def in_flight(self, adapter: Adapter, gpu_type: str, tier: int, share: float = 1.0) -> float:
+        """Mean requests of ``adapter`` in flight on a GPU serving ``share`` of its traffic.
+
+        Little's law with the time in the system of a GPU at its utilization limit (its own
+        prefill, then its output tokens at the tier's TPOT there), which bounds the time on
+        any GPU the plan keeps within that limit.
+        """
+        cap = self._capacity[(gpu_type, tier)]
+        if not cap.usable:
+            return math.inf
+        seconds = (adapter.prompt_tokens / cap.prefill_tokens_per_s
+                   + adapter.output_tokens * cap.tpot_ms / 1e3)
+        return adapter.request_rate * share * seconds
+
+    def slot_weight(self, adapter: Adapter) -> float:
+        """``adapter``'s weight on the ``batch_slots`` row of any GPU that hosts it.
+
+        Taken at its whole traffic (an upper bound for any share of it) and on the usable
+        kind that keeps its requests longest, so the weight holds wherever it runs.
+        """
+        weights = [slot_weight(self.in_flight(adapter, t, r))
+                   for (t, r), cap in self._capacity.items()
+                   if cap.usable and r >= adapter.rank]
+        return max(weights, default=1.0)
+
+    def slot_limit(self) -> float:
+        """The ``batch_slots`` row's limit (the strictest over the GPU types)."""
+        margin = max((c.slot_margin() for c in self.calibration.values()), default=0.0)
+        return self.config.serving.max_loras - margin
+
+    def slot_family_binds(self) -> bool:
+        """Whether ``batch_slots`` can bind: a GPU may host more adapters than its limit."""
+        if not self.config.serving.slo_families:
+            return False
+        return self.config.serving.adapters_per_gpu > math.floor(self.slot_limit() + 1e-9)
+
+    def family_checks(self, gpu_type: str, tier: int,
+                      shares: list[tuple[Adapter, float]]) -> list[FamilyCheck]:
+        """The per-GPU families ``compute``, ``tpot_tail`` and ``batch_slots`` on one GPU.
+
+        Parameters
+        ----------
+        gpu_type, tier : str, int
+            The GPU.
+        shares : list of (Adapter, float)
+            Adapters it hosts and the share of each one's traffic it serves.
+        """
+        cap = self._capacity[(gpu_type, tier)]
+        if not cap.usable:
+            return [FamilyCheck("tier", 1.0, 0.0, cap.reason)]
+        compute = sum(self.adapter_load(a, gpu_type, tier) * w for a, w in shares)
+        tpot = sum(self.tpot_load(a, gpu_type, tier) * w for a, w in shares)
+        checks = [
+            FamilyCheck("compute", compute, cap.max_utilization,
+                        f"utilization {compute:.1%} against a limit of "
+                        f"{cap.max_utilization:.1%} (TTFT SLO)"),
+            FamilyCheck(TPOT_TAIL, tpot, 1.0,
+                        f"predicted p{self.config.slo.percentile:g} TPOT row at {tpot:.1%} of "
+                        f"its limit (prefill-heavy traffic stretches decode steps)"),
+        ]
+        if self.slot_family_binds():
+            slots = sum(self.slot_weight(a) for a, _ in shares)
+            checks.append(FamilyCheck(
+                BATCH_SLOTS, slots, self.slot_limit(),
+                f"busy adapters {slots:.1f} (weighted) against {self.slot_limit():.1f} for "
+                f"max_loras {self.config.serving.max_loras}"))
+        return checks
+
     def adapter_cache_bytes(self) -> float:
         """Bytes of hosted adapters one worker may keep (infinite when unlimited)."""
         limit = self.config.serving.adapter_cache_gib
@@ -420,4 +572,10 @@ class CostModel:
                                            + a.output_tokens * tpot / 1e3)
                      for a, w in shares if w > 0]
         active, overflow = active_adapters(in_flight, self.config.serving.max_loras)
-        return LatencyPrediction(util, tpot, ttft, active, overflow)
+        row = self._tpot_rows[(gpu_type, tier)]
+        scaled = sum(a.request_rate * w * a.prompt_tokens
+                     * tail_scale(a.prompt_tokens, a.output_tokens)
+                     for a, w in shares) / cap.prefill_tokens_per_s
+        tail = row.tail_ms(prefill_busy, decode_rate, scaled)
+        slots = sum(self.slot_weight(a) for a, _ in shares)
+        return LatencyPrediction(util, tpot, ttft, active, overflow, tail, slots)

@@ -202,7 +202,7 @@ def solve(
     report(name, upper, best_bound)
     proven = incumbent is not None and upper <= best_bound + 1e-9
 
-    binds = bound.binding in ("slots", "memory")
+    binds = bound.binding not in ("compute", "tpot_tail", "load")
     if (incumbent is not None and not proven and current is None and bound.binding == "slots"
             and solver in ("auto", "lns", "milp", "cpsat")):
         # Where slots bind the tier-count bound is weak; the configuration LP ties each GPU's

@@ -171,10 +171,24 @@ def lower_bound(inst: Instance, time_limit: float = 10.0) -> Bound:
         if reduced.feasible and reduced.value < full.value - 1e-6:
             binding = family
             break
+    binding = family_name(inst, binding)
     unit = "GPUs" if inst.uniform_cost else "per hour"
     message = f"tier-count bound {full.value:g} {unit} (set by {binding})"
     return Bound(value=full.value, feasible=True, binding=binding, message=message,
                  counts=full.counts)
+
+
+def family_name(inst: Instance, row: str) -> str:
+    """The per-GPU family behind one of the bound's rows, as users see it named.
+
+    ``load`` is the traffic row (``compute`` or ``tpot_tail``, whichever sets most of the
+    demand), ``memory`` the hosting row (``memory``, ``batch_slots`` or both).
+    """
+    if row == "load":
+        return inst.load_family()
+    if row == "memory" and inst.hosting_families:
+        return "+".join(inst.hosting_families)
+    return row
 
 
 def diagnose_infeasible(inst: Instance, time_limit: float = 10.0) -> tuple[str, str]:
@@ -202,12 +216,16 @@ def diagnose_infeasible(inst: Instance, time_limit: float = 10.0) -> tuple[str, 
             have = sum(pools[t] for t in types)
             short = need - have
             if short > worst[0]:
-                what = {"load": "demand", "slots": "adapter slots", "memory": "adapter memory"}
+                what = {"load": f"demand ({family_name(inst, 'load')})",
+                        "slots": "adapter slots",
+                        "memory": family_name(inst, "memory").replace("batch_slots",
+                                                                      "busy LoRA batch slots")
+                        .replace("memory", "adapter memory")}
                 text = (f"{what[family]} of adapters with rank >= {r} needs at least {need} GPUs "
                         f"of tier >= {r}; the pools hold {have} (short by {short})")
                 worst = (short, text, family)
     if worst[1]:
-        return worst[1], worst[2]
+        return worst[1], family_name(inst, worst[2])
     total_need = sum(unlimited.counts.values())
     have = sum(pools.values())
     return (f"load, slots and memory together need at least {total_need} GPUs; the pools hold "

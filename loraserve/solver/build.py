@@ -39,7 +39,7 @@ def build_plan(inst: Instance, gpus: list[OpenGPU]) -> PlacementPlan:
             utilization=round(prediction.utilization, 6),
             predicted_tpot_ms=round(prediction.tpot_ms, 3),
             predicted_ttft_ms=round(prediction.ttft_ms, 3),
-            adapter_memory_gib=round(sum(inst.bytes[a] for a in gpu.shares) / 2**30, 4),
+            adapter_memory_gib=round(sum(inst.real_bytes[a] for a in gpu.shares) / 2**30, 4),
         ))
         for a, share in gpu.shares.items():
             if share > EPS:

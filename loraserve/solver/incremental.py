@@ -116,7 +116,7 @@ def _route(inst: Instance, gpus: list[OpenGPU]) -> np.ndarray:
     # costs a load of its weights, so the excess of one hot adapter should go out before a
     # dozen cold ones. The byte term is scaled to 0.3 of the time term on average; on the
     # benchmark 0.01 made 2.5x the loads and 0.3 to 3 gave the same plans.
-    weight = float(np.mean(best[hosted])) / max(float(np.mean(inst.bytes[hosted])), 1.0)
+    weight = float(np.mean(best[hosted])) / max(float(np.mean(inst.real_bytes[hosted])), 1.0)
     by_adapter: dict[int, list[int]] = {}
     by_gpu: dict[int, list[int]] = {}
     for a, g in pairs:
@@ -125,7 +125,7 @@ def _route(inst: Instance, gpus: list[OpenGPU]) -> np.ndarray:
     # An adapter at max_replicas can take no new replica: what its replicas do not carry
     # cannot be placed at all, so it goes first and other adapters make room for it.
     stuck = {a for a, gs in by_adapter.items() if len(gs) >= inst.max_replicas}
-    model += pulp.lpSum((float(best[a]) + 0.3 * weight * float(inst.bytes[a]))
+    model += pulp.lpSum((float(best[a]) + 0.3 * weight * float(inst.real_bytes[a]))
                         * (STUCK_WEIGHT if a in stuck else 1.0) * u[a] for a in hosted)
     for a, gs in by_adapter.items():
         model += (pulp.lpSum(x[a, g] for g in gs) + u[a] == 1, f"route_{a}")
@@ -153,7 +153,7 @@ def _load_cost(inst: Instance, gpus: list[OpenGPU],
         for a, w in gpu.shares.items():
             if w > EPS and (gpu.name is None or (gpu.name, a) not in original):
                 loads += 1
-                moved += float(inst.bytes[a])
+                moved += float(inst.real_bytes[a])
     return loads, moved
 
 

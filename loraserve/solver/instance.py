@@ -1,8 +1,24 @@
-"""The numeric placement instance every algorithm reads.
+"""The numeric placement instance every algorithm reads: the solvers' feasibility core.
 
-A *kind* is a usable ``(gpu_type, tier)`` pair. ``load[a, k]`` is the share of one kind-``k``
-GPU's time that adapter ``a``'s whole traffic takes (``inf`` where the tier is below the
-adapter's rank); ``capacity[k]`` is the utilization a kind-``k`` GPU may reach under the SLO.
+A *kind* is a usable ``(gpu_type, tier)`` pair. Every per-GPU constraint family reaches the
+algorithms through two rows, which each of them (heuristics, LNS, the exact models, the
+configuration LP and the bounds) already enforces:
+
+* the **traffic row** ``sum_a share[a] * load[a, k] <= capacity[k]``. ``load[a, k]`` is the
+  larger of adapter ``a``'s compute load on a kind-``k`` GPU (share of its time, against the
+  TTFT utilization limit) and its ``tpot_tail`` row scaled to the same limit
+  (:meth:`CostModel.tpot_load`); ``inf`` where the tier is below the adapter's rank. A GPU of
+  one adapter is held to exactly both families; a mix is held to each adapter's stricter
+  one, which is safe (a traffic-weighted mean of the two rows never exceeds it).
+* the **hosting row** ``sum_{a hosted} bytes[a] <= cache_bytes``: adapter-cache memory
+  (``serving.adapter_cache_gib``) and, where a GPU may host more adapters than ``max_loras``,
+  the ``batch_slots`` family (:meth:`CostModel.slot_weight` against
+  :meth:`CostModel.slot_limit`), folded the same way into one weight per adapter.
+  ``adapter_bytes`` keeps the adapters' real sizes for what moves over links and disks.
+
+Adding a per-GPU family means giving it a row in :class:`~loraserve.profiles.CostModel`
+(its coefficients and :meth:`~loraserve.profiles.CostModel.family_checks` for ``verify``) and
+folding it here; ``docs/architecture.md`` walks through it.
 """
 
 from __future__ import annotations
@@ -53,6 +69,11 @@ class Instance:
     max_replicas: int
     cache_bytes: float
     uniform_cost: bool
+    adapter_bytes: np.ndarray | None = None
+    #: Which family each entry of ``load`` comes from: True where ``tpot_tail`` is stricter.
+    tpot_binds: np.ndarray | None = None
+    #: Family names folded into the hosting row (``memory``, ``batch_slots``).
+    hosting_families: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, config: Config, cost_model: CostModel | None = None) -> Instance:
@@ -67,24 +88,50 @@ class Instance:
         ]
         adapters = config.adapters
         load = np.full((len(adapters), len(kinds)), np.inf)
+        tpot_binds = np.zeros((len(adapters), len(kinds)), dtype=bool)
         for k, kind in enumerate(kinds):
             seconds = np.array([model.request_seconds(a, kind.gpu_type, kind.tier)
                                 for a in adapters])
             rates = np.array([a.request_rate for a in adapters])
             allowed = np.array([a.rank <= kind.tier for a in adapters])
-            load[allowed, k] = rates[allowed] * seconds[allowed]
+            compute = rates * seconds
+            # The tpot_tail row has limit 1; scaled to the compute limit it shares the row.
+            tpot = kind.capacity * np.array([model.tpot_load(a, kind.gpu_type, kind.tier)
+                                             for a in adapters])
+            tpot_binds[:, k] = allowed & (tpot > compute)
+            load[allowed, k] = np.maximum(compute, tpot)[allowed]
+        real_bytes = np.array([float(config.adapter_bytes(a)) for a in adapters])
+        host, cache, families = _hosting_row(model, config, real_bytes)
         return cls(
             config=config,
             cost_model=model,
             kinds=kinds,
             load=load,
             ranks=np.array([a.rank for a in adapters]),
-            bytes=np.array([float(config.adapter_bytes(a)) for a in adapters]),
+            bytes=host,
             slots=config.serving.adapters_per_gpu,
             max_replicas=config.serving.max_replicas,
-            cache_bytes=model.adapter_cache_bytes(),
+            cache_bytes=cache,
             uniform_cost=uniform,
+            adapter_bytes=real_bytes,
+            tpot_binds=tpot_binds,
+            hosting_families=families,
         )
+
+    @property
+    def real_bytes(self) -> np.ndarray:
+        """The adapters' weight sizes in bytes (``bytes`` is the folded hosting weight)."""
+        return self.bytes if self.adapter_bytes is None else self.adapter_bytes
+
+    def load_family(self, a: int | None = None) -> str:
+        """``tpot_tail`` where that row sets ``a``'s load (or most load), else ``compute``."""
+        if self.tpot_binds is None or not self.tpot_binds.size:
+            return "compute"
+        if a is not None:
+            return "tpot_tail" if bool(self.tpot_binds[a].any()) else "compute"
+        finite = np.where(np.isfinite(self.load), self.load, 0.0)
+        weight = float((finite * self.tpot_binds).sum())
+        return "tpot_tail" if weight > 0.5 * float(finite.sum()) else "compute"
 
     @property
     def num_adapters(self) -> int:
@@ -136,10 +183,34 @@ class Instance:
                     f"{self.max_replicas} (short by {need - self.max_replicas})",
                     "replicas",
                 )
-            if self.bytes[a] > self.cache_bytes:
+            real = float(self.real_bytes[a])
+            limit = self.cost_model.adapter_cache_bytes()
+            if real > limit:
                 raise InfeasibleError(
-                    f"adapter '{adapter.id}' needs {self.bytes[a] / 2**30:.2f} GiB; "
-                    f"serving.adapter_cache_gib is {self.cache_bytes / 2**30:g} (short by "
-                    f"{(self.bytes[a] - self.cache_bytes) / 2**30:.2f} GiB)",
+                    f"adapter '{adapter.id}' needs {real / 2**30:.2f} GiB; "
+                    f"serving.adapter_cache_gib is {limit / 2**30:g} (short by "
+                    f"{(real - limit) / 2**30:.2f} GiB)",
                     "memory",
                 )
+
+
+#: Units of the hosting row per unit of ``batch_slots`` weight when memory is unlimited
+#: (integer weights for CP-SAT stay small).
+SLOT_UNIT = 2.0**16
+
+
+def _hosting_row(model: CostModel, config: Config,
+                 real_bytes: np.ndarray) -> tuple[np.ndarray, float, tuple[str, ...]]:
+    """The hosting row's per-adapter weights, its limit and the families folded into it."""
+    cache = model.adapter_cache_bytes()
+    families = ("memory",) if math.isfinite(cache) else ()
+    if not model.slot_family_binds():
+        return real_bytes, cache, families
+    limit = model.slot_limit()
+    # The instance's adapters, not the cost model's: a caller may price scaled rates with
+    # the model of the unscaled config.
+    weights = np.array([model.slot_weight(a) for a in config.adapters])
+    if math.isfinite(cache):
+        # Both rows in bytes: an adapter takes the larger of its share of either.
+        return np.maximum(real_bytes, weights * cache / limit), cache, (*families, "batch_slots")
+    return np.ceil(weights * SLOT_UNIT), math.floor(limit * SLOT_UNIT), ("batch_slots",)

@@ -84,7 +84,7 @@ class RemoteContext:
         self.slots_reserved = self.spec.remote_slots
         # Bytes per second on a path per unit of routed share of each adapter.
         rates = np.array([a.request_rate for a in config.adapters])
-        self.rate_bytes = rates * inst.bytes * self.spec.miss_ratio
+        self.rate_bytes = rates * inst.real_bytes * self.spec.miss_ratio
         self._limit: dict[tuple[int, int, str, str], float] = {}
 
     def physical(self, gpu_type: str) -> list[str]:
@@ -945,7 +945,7 @@ def build_remote_plan(ctx: RemoteContext, gpus: list[RemoteGPU]) -> PlacementPla
             utilization=round(prediction.utilization, 6),
             predicted_tpot_ms=round(prediction.tpot_ms, 3),
             predicted_ttft_ms=round(prediction.ttft_ms + fetch, 3),
-            adapter_memory_gib=round(sum(inst.bytes[a] for a in gpu.hosted) / 2**30, 4),
+            adapter_memory_gib=round(sum(inst.real_bytes[a] for a in gpu.hosted) / 2**30, 4),
         ))
         for a, w in gpu.hosted.items():
             if w > EPS:

@@ -1,0 +1,223 @@
+"""The per-GPU SLO families beyond mean compute: TPOT at the percentile and LoRA batch slots.
+
+Mean compute load under a utilization limit (:mod:`loraserve.profiles.capacity`) is not
+enough for a plan to meet its SLO. Two more mechanisms break it in the simulator, and each
+is a constraint *family* here, with a name that ``binding``, ``verify`` and infeasibility
+messages use:
+
+``tpot_tail`` -- TPOT at the SLO percentile.
+    A decode step with ``b`` running sequences takes ``d(b) ~ d0 + d1 * b`` (the secant of
+    the profile's decode table between one sequence and the tier's operating batch, which
+    lies above the table wherever the table is convex, so the row errs on the safe side).
+    With a share ``phi`` of the GPU's time spent on prefill chunks and ``D`` decode tokens
+    per second, the batch settles where ``b / d(b) = D / (1 - phi)``, which gives the mean
+    TPOT ``d0 / (1 - phi - d1 * D)``. A request's TPOT varies with the prefill chunks that
+    land in its own decode steps, so the tail grows with the prefill share; the percentile
+    is modelled as ``d0 * (1 + kappa * phi) / (1 - phi - d1 * D)``, with ``kappa`` fitted
+    against the simulator (:mod:`loraserve.profiles.calibrate`). Keeping it under the SLO
+    ``S`` is *linear* in the traffic shares:
+    ``phi * (S + kappa * d0) + S * d1 * D <= S - d0``, and ``phi`` and ``D`` are sums over
+    the adapters routed to the GPU. Each adapter's coefficient on that row is
+    :meth:`SloFamilies.tpot_coefficient`.
+
+``batch_slots`` -- LoRA batch slots (``max_loras``).
+    A batch runs at most ``max_loras`` distinct adapters; when more of a GPU's adapters have
+    requests in flight, the others wait for a slot, and in the simulator that wait starves
+    them for tens of seconds. Adapter ``a`` has ``m_a = rate x time in system`` requests in
+    flight (Little's law) and is busy with probability ``c_a = 1 - exp(-m_a)``; the count of
+    busy adapters is a Poisson-binomial with mean ``E = sum c_a`` and variance
+    ``V = sum c_a (1 - c_a)``. Asking that the count exceed ``max_loras`` with probability at
+    most ``epsilon`` (normal approximation, ``z`` its quantile) means
+    ``E + z sqrt(V) <= max_loras + 1/2``; since ``z sqrt(V) <= z^2 / 4 + V`` (AM-GM), the
+    linear row ``sum (c_a + c_a (1 - c_a)) <= max_loras + 1/2 - z^2 / 4`` is sufficient.
+    It is linear in which adapters a GPU hosts (a hosted adapter's weight is taken at its
+    whole traffic, an upper bound for any share of it), so the exact models keep it.
+    ``epsilon`` is fitted against the simulator.
+
+The fitted values live in ``data/slo_calibration.yaml`` beside the profiles, with the
+command that fits them; :func:`load_calibration` reads them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import yaml
+
+from loraserve.models import ConfigError
+
+#: Names of the SLO families, as ``binding``, ``verify`` and messages spell them.
+TPOT_TAIL = "tpot_tail"
+BATCH_SLOTS = "batch_slots"
+
+CALIBRATION_FILE = Path(__file__).parent / "data" / "slo_calibration.yaml"
+
+
+@dataclass(frozen=True)
+class SloCalibration:
+    """Fitted parameters of the SLO families for one profile.
+
+    Attributes
+    ----------
+    tpot_tail_kappa : float
+        Growth of the TPOT percentile with the GPU's prefill share (``kappa`` above).
+    slot_overflow : float
+        Largest probability, at a random instant, that more adapters are busy than
+        ``max_loras`` (``epsilon`` above).
+    source : str
+        How the values were fitted (the command), or ``default``.
+    """
+
+    tpot_tail_kappa: float = 1.0
+    slot_overflow: float = 0.05
+    source: str = "default"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.tpot_tail_kappa) and self.tpot_tail_kappa >= 0):
+            raise ConfigError(f"slo calibration: tpot_tail_kappa must be a number >= 0, got "
+                              f"{self.tpot_tail_kappa!r}")
+        if not (0.0 < self.slot_overflow < 0.5):
+            raise ConfigError(f"slo calibration: slot_overflow must lie in (0, 0.5), got "
+                              f"{self.slot_overflow!r}")
+
+    def slot_margin(self) -> float:
+        """``z^2 / 4 - 1/2``: how far under ``max_loras`` the batch-slot row's limit sits."""
+        z = NormalDist().inv_cdf(1.0 - self.slot_overflow)
+        return z * z / 4.0 - 0.5
+
+
+@lru_cache(maxsize=8)
+def _read_calibration(path: Path, mtime: float) -> dict[str, Any]:
+    del mtime  # part of the cache key only
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path.name}: cannot read the SLO calibration ({exc})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path.name}: the SLO calibration must be a mapping")
+    return raw
+
+
+def load_calibration(gpu_type: str, base_model: str,
+                     path: Path = CALIBRATION_FILE) -> SloCalibration:
+    """The fitted SLO-family parameters for ``gpu_type`` and ``base_model``.
+
+    The file holds a ``default`` entry and entries keyed ``<gpu_type>/<base_model>``; a
+    missing key takes the default (fitted on the shipped H100 profile), a missing file the
+    built-in :class:`SloCalibration` defaults.
+    """
+    if not path.exists():
+        return SloCalibration()
+    raw = _read_calibration(path, path.stat().st_mtime)
+    entry = raw.get(f"{gpu_type}/{base_model}", raw.get("default", {}))
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{path.name}: entry for {gpu_type}/{base_model} must be a mapping")
+    fitted = {k: entry[k] for k in ("tpot_tail_kappa", "slot_overflow") if k in entry}
+    return SloCalibration(**{k: float(v) for k, v in fitted.items()},
+                          source=str(entry.get("source", raw.get("source", "file"))))
+
+
+@dataclass(frozen=True)
+class TpotRow:
+    """The ``tpot_tail`` row of one ``(gpu_type, tier)``: coefficients per token.
+
+    An adapter's whole traffic takes ``rate * (prefill * P + decode * O)`` of the row, whose
+    limit is 1 (``P`` and ``O`` its mean prompt and output tokens).
+
+    Attributes
+    ----------
+    d0_ms, d1_ms : float
+        The decode-step secant ``d(b) ~ d0 + d1 * b``.
+    prefill_tokens_per_s : float
+    kappa : float
+    slo_ms : float
+        The TPOT SLO.
+    prefill, decode : float
+        Per-token coefficients (seconds of row per prompt, per output token).
+    """
+
+    d0_ms: float
+    d1_ms: float
+    prefill_tokens_per_s: float
+    kappa: float
+    slo_ms: float
+    prefill: float
+    decode: float
+
+    @classmethod
+    def build(cls, d1_batch_ms: float, dn_ms: float, batch: float,
+              prefill_tokens_per_s: float, kappa: float, slo_ms: float) -> TpotRow:
+        """The row from the decode step at one sequence and at the operating batch."""
+        d1 = max(0.0, (dn_ms - d1_batch_ms) / (batch - 1.0)) if batch > 1.0 else 0.0
+        d0 = max(1e-9, d1_batch_ms - d1)
+        room = slo_ms - d0
+        if room <= 0:
+            return cls(d0, d1, prefill_tokens_per_s, kappa, slo_ms, math.inf, math.inf)
+        prefill = (slo_ms + kappa * d0) / prefill_tokens_per_s / room
+        decode = slo_ms * d1 / 1e3 / room
+        return cls(d0, d1, prefill_tokens_per_s, kappa, slo_ms, prefill, decode)
+
+    def coefficient(self, rate: float, prompt_tokens: float, output_tokens: float) -> float:
+        """Share of the row that ``rate`` req/s of these token means take.
+
+        The prefill term's ``kappa`` is scaled by :func:`tail_scale` of the adapter's output,
+        so the row is exact for a GPU of one adapter and a traffic-weighted mean for a mix.
+        """
+        room = self.slo_ms - self.d0_ms
+        if room <= 0:
+            return math.inf
+        scale = tail_scale(prompt_tokens, output_tokens)
+        prefill = ((self.slo_ms + self.kappa * scale * self.d0_ms)
+                   / self.prefill_tokens_per_s / room)
+        return rate * (prefill * prompt_tokens + self.decode * output_tokens)
+
+    def tail_ms(self, prefill_busy: float, decode_tokens_per_s: float,
+                scaled_prefill_busy: float | None = None) -> float:
+        """TPOT at the percentile for a prefill share and a decode token rate.
+
+        ``scaled_prefill_busy`` is the prefill share with each adapter's part scaled by
+        :func:`tail_scale` (defaults to ``prefill_busy``).
+        """
+        denominator = 1.0 - prefill_busy - self.d1_ms * decode_tokens_per_s / 1e3
+        if denominator <= 0:
+            return math.inf
+        scaled = prefill_busy if scaled_prefill_busy is None else scaled_prefill_busy
+        return self.d0_ms * (1.0 + self.kappa * scaled) / denominator
+
+
+#: Prompt and output lengths at which an adapter's TPOT tail takes ``kappa`` as fitted.
+TAIL_REFERENCE_PROMPT = 1024.0
+TAIL_REFERENCE_OUTPUT = 256.0
+
+
+def tail_scale(prompt_tokens: float, output_tokens: float) -> float:
+    """How much of ``kappa`` an adapter's requests feel: ``sqrt(P / 1024 * 256 / O)``.
+
+    A request's TPOT averages the steps of its own decode, and the prefill time that lands
+    in them varies like a compound Poisson sum: its spread relative to the mean grows with
+    the size of each prompt's chunks and shrinks with the square root of the steps the
+    request averages over.
+    """
+    return math.sqrt(max(1.0, prompt_tokens) / TAIL_REFERENCE_PROMPT
+                     * TAIL_REFERENCE_OUTPUT / max(2.0, output_tokens))
+
+
+def busy_probability(in_flight: float) -> float:
+    """Probability that an adapter with ``in_flight`` mean requests has one at an instant."""
+    return 1.0 - math.exp(-max(0.0, in_flight))
+
+
+def slot_weight(in_flight: float) -> float:
+    """An adapter's weight on the ``batch_slots`` row: ``c + c (1 - c)``, ``c`` busy prob."""
+    c = busy_probability(in_flight)
+    return c + c * (1.0 - c)
+
+
+def slot_limit(max_loras: int, calibration: SloCalibration) -> float:
+    """The ``batch_slots`` row's limit: ``max_loras + 1/2 - z^2 / 4``."""
+    return max_loras - calibration.slot_margin()

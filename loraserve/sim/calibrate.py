@@ -1,0 +1,225 @@
+"""Fit the SLO families' parameters against the simulator, on single GPUs.
+
+Run ``python -m loraserve.sim.calibrate [--gpu-type H100-80GB] [--base-model llama-3-8b]``:
+it simulates one GPU over a grid of adapter mixes and loads, and writes the fitted values to
+``loraserve/profiles/data/slo_calibration.yaml`` (``--write``) or prints them.
+
+* ``tpot_tail_kappa``: one adapter per GPU (no slot contention), prompts of 256-3,072 and
+  outputs of 64-512 tokens, tiers 8-128, utilization 50-90 % of the tier's limit. A point
+  the ``tpot_tail`` row admits at ``kappa`` satisfies ``kappa <= kappa_max(point)`` (the row
+  is monotone in ``kappa``); the fitted ``kappa`` is the smallest that excludes every point
+  whose simulated attainment misses the SLO.
+* ``slot_overflow``: ``n`` equally busy adapters on one GPU with ``max_loras`` 4, 8 and 16,
+  at light loads where compute and TPOT cannot bind, so only slots can fail. The fitted
+  ``epsilon`` is the largest whose ``batch_slots`` limit excludes every failing point.
+
+Both fits are closed-form over the grid, so the result depends only on the simulator and
+the seeds (fixed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import yaml
+
+from loraserve.models import Config, config_from_mapping
+from loraserve.profiles import CostModel
+from loraserve.profiles.slo import CALIBRATION_FILE, slot_weight, tail_scale
+from loraserve.sim.engine import SimOptions, Worker, run
+from loraserve.sim.results import SimResult
+from loraserve.sim.workload import generate_requests
+
+logger = logging.getLogger(__name__)
+
+SEEDS = (0, 1)
+DURATION_S = 300.0
+
+
+@dataclass(frozen=True)
+class Point:
+    """One simulated single-GPU mix and what the families say of it."""
+
+    tier: int
+    adapters: int
+    prompt: float
+    output: float
+    utilization: float
+    attainment: float
+    tpot_attainment: float = 1.0
+    ttft_attainment: float = 1.0
+    kappa_max: float = math.inf
+    slot_row: float = 0.0
+    max_loras: int = 16
+
+
+def _config(gpu_type: str, base_model: str, n: int, rate_each: float, prompt: float,
+            output: float, tier: int, max_loras: int) -> Config:
+    return config_from_mapping({
+        "base_model": base_model,
+        "slo": {"ttft_ms": 2000, "tpot_ms": 60, "percentile": 99},
+        "pools": [{"gpu_type": gpu_type, "count": 1, "memory_gib": 80}],
+        "serving": {"slo_families": True, "max_loras": max_loras,
+                    "max_cpu_loras": max(n, max_loras),
+                    "tiers": [tier]},
+        "adapters": [{"id": f"a{i}", "rank": 8, "request_rate": rate_each,
+                      "prompt_tokens": prompt, "output_tokens": output} for i in range(n)],
+    })
+
+
+def _simulate(config: Config, model: CostModel, tier: int) -> tuple[float, float, float]:
+    """Attainment of one GPU hosting every adapter, pooled over the seeds.
+
+    Returns both SLOs together, TPOT alone and TTFT alone.
+    """
+    n, ok, total, tpot_ok, ttft_ok = len(config.adapters), 0, 0, 0, 0
+    gpu_type = config.pools[0].gpu_type
+    for seed in SEEDS:
+        requests = generate_requests(config, DURATION_S, seed=seed)
+        result = run(config, [Worker("g0", gpu_type, tier, tuple(range(n)))], requests,
+                     [[(0, 1.0)]] * n, SimOptions(seed=seed), model)
+        table = SimResult("calibrate", config, result, model).requests
+        ok += int(table["slo_ok"].sum())
+        tpot = table["tpot_ms"].to_numpy(dtype=float)
+        tpot_ok += int(np.sum(~(tpot > config.slo.tpot_ms)))
+        ttft_ok += int(np.sum(table["ttft_ms"].to_numpy(dtype=float) <= config.slo.ttft_ms))
+        total += len(table)
+    total = max(1, total)
+    return ok / total, tpot_ok / total, ttft_ok / total
+
+
+def _at_load(gpu_type: str, base_model: str, n: int, rho: float, prompt: float,
+             output: float, tier: int, max_loras: int) -> tuple[Config, CostModel] | None:
+    probe = _config(gpu_type, base_model, n, 1.0, prompt, output, tier, max_loras)
+    model = CostModel.from_config(probe)
+    if not model.has(gpu_type, tier):
+        return None
+    cap = model.capacity(gpu_type, tier)
+    per_request = model.request_seconds(probe.adapters[0], gpu_type, tier)
+    rate = rho * cap.max_utilization / per_request
+    config = _config(gpu_type, base_model, n, rate / n, prompt, output, tier, max_loras)
+    return config, CostModel.from_config(config)
+
+
+def tpot_points(gpu_type: str, base_model: str) -> list[Point]:
+    """The single-adapter grid for ``kappa``."""
+    points = []
+    for tier in (8, 32, 128):
+        for prompt in (256, 512, 1024, 2048, 3072):
+            for output in (64, 256, 512):
+                for rho in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
+                    built = _at_load(gpu_type, base_model, 1, rho, prompt, output, tier, 16)
+                    if built is None:
+                        continue
+                    config, model = built
+                    adapter = config.adapters[0]
+                    row = model.tpot_row(gpu_type, tier)
+                    cap = model.capacity(gpu_type, tier)
+                    phi = adapter.request_rate * prompt / cap.prefill_tokens_per_s
+                    decode = adapter.request_rate * output
+                    room = 1.0 - phi - row.d1_ms * decode / 1e3
+                    kappa_max = ((config.slo.tpot_ms * room / row.d0_ms) - 1.0) / phi \
+                        if phi > 0 else math.inf
+                    # The row scales kappa by the adapter's output length (tail_scale).
+                    kappa_max /= tail_scale(prompt, output)
+                    both, tpot, ttft = _simulate(config, model, tier)
+                    points.append(Point(tier, 1, prompt, output, rho, both, tpot, ttft,
+                                        kappa_max=kappa_max))
+    return points
+
+
+def slot_points(gpu_type: str, base_model: str) -> list[Point]:
+    """The many-adapter grid for ``epsilon`` (light loads: only slots can bind)."""
+    points = []
+    for max_loras in (4, 8, 16):
+        for factor in (0.75, 1.0, 1.5, 2.0, 3.0, 4.0):
+            n = max(1, round(factor * max_loras))
+            for rho in (0.05, 0.1, 0.2, 0.3, 0.4):
+                built = _at_load(gpu_type, base_model, n, rho, 1024, 256, 16, max_loras)
+                if built is None:
+                    continue
+                config, model = built
+                row = sum(slot_weight(model.in_flight(a, gpu_type, 16))
+                          for a in config.adapters)
+                both, tpot, ttft = _simulate(config, model, 16)
+                points.append(Point(16, n, 1024, 256, rho, both, tpot, ttft,
+                                    slot_row=row, max_loras=max_loras))
+    return points
+
+
+def fit(tpot: list[Point], slots: list[Point], target: float) -> dict[str, float]:
+    """``kappa`` and ``epsilon`` from the grids; see the module docstring."""
+    # TPOT and TTFT share the SLO's misses; the TPOT tail gets half of them, and points
+    # that miss on TTFT alone are the compute family's (reported, not fitted here).
+    tpot_target = 1.0 - (1.0 - target) / 2.0
+    failing = [p.kappa_max for p in tpot if p.tpot_attainment < tpot_target]
+    kappa = max(0.0, max(failing, default=0.0)) * 1.02 + 1e-3
+    # The margin must exceed max_loras - row at every failing point.
+    need = max((p.max_loras - p.slot_row for p in slots if p.attainment < target),
+               default=-0.5)
+    margin = max(need, -0.49) + 1e-3
+    z = math.sqrt(4.0 * (margin + 0.5))
+    epsilon = min(0.49, 1.0 - NormalDist().cdf(z))
+    return {"tpot_tail_kappa": round(kappa, 4), "slot_overflow": float(f"{epsilon:.4g}")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m loraserve.sim.calibrate",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--gpu-type", default="H100-80GB")
+    parser.add_argument("--base-model", default="llama-3-8b")
+    parser.add_argument("--target", type=float, default=0.99,
+                        help="attainment a point must reach (the SLO percentile)")
+    parser.add_argument("--write", action="store_true",
+                        help=f"write the values into {CALIBRATION_FILE.name} (as 'default' "
+                        "too when the key is the shipped default's)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    tpot = tpot_points(args.gpu_type, args.base_model)
+    slots = slot_points(args.gpu_type, args.base_model)
+    values = fit(tpot, slots, args.target)
+    seconds = time.perf_counter() - started
+    kappa_fail = sum(p.attainment < args.target for p in tpot)
+    slot_fail = sum(p.attainment < args.target for p in slots)
+    print(f"tpot grid: {len(tpot)} points, {kappa_fail} miss the SLO; slot grid: {len(slots)} "
+          f"points, {slot_fail} miss; {seconds:.0f} s")
+    print(yaml.safe_dump(values, sort_keys=False).strip())
+    if args.write:
+        raw: dict[str, Any] = {}
+        if CALIBRATION_FILE.exists():
+            raw = yaml.safe_load(CALIBRATION_FILE.read_text(encoding="utf-8")) or {}
+        command = (f"python -m loraserve.sim.calibrate --gpu-type {args.gpu_type} "
+                   f"--base-model {args.base_model} --write")
+        entry = {**values, "source": command,
+                 "grid": {"tpot_points": len(tpot), "slot_points": len(slots),
+                          "seeds": list(SEEDS), "duration_s": DURATION_S}}
+        raw[f"{args.gpu_type}/{args.base_model}"] = entry
+        if args.gpu_type == "H100-80GB" and args.base_model == "llama-3-8b":
+            raw["default"] = entry
+        header = ("# Fitted parameters of the SLO families (loraserve/profiles/slo.py), per "
+                  "<gpu_type>/<base_model>;\n# 'default' serves every other pair. Written by "
+                  "the command in each entry's 'source'.\n")
+        tmp = CALIBRATION_FILE.with_suffix(".tmp")
+        tmp.write_text(header + yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+        tmp.replace(CALIBRATION_FILE)
+        print(f"written to {CALIBRATION_FILE.name}")
+    return 0
+
+
+def rows(points: list[Point]) -> np.ndarray:
+    """The grid as an array, for tests and notebooks."""
+    return np.array([[p.tier, p.adapters, p.prompt, p.output, p.utilization, p.attainment,
+                      p.kappa_max, p.slot_row] for p in points])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
