@@ -29,7 +29,7 @@ from loraserve.solver import SOLVERS, solve
 from loraserve.solver.progress import Progress, ProgressCallback
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 logger = logging.getLogger("loraserve")
 
@@ -164,66 +164,47 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _worst_gpus(gpus: pd.DataFrame, config: Config, shown: int = 3) -> str:
-    """One line on the GPUs with the lowest share of requests within the SLO, and why."""
-    worst = gpus.sort_values("slo_attainment").head(shown)
-    slo, limit = config.slo, config.serving.max_loras
-    parts = []
-    for row in worst.to_dict("records"):
-        ttft, tpot = float(row["ttft_tail_ms"]), float(row["tpot_tail_ms"])
-        busy = float(row["expected_busy_adapters"])
-        causes = []
-        if ttft > slo.ttft_ms:
-            causes.append(f"p{slo.percentile:g} TTFT {ttft / 1e3:.1f} s")
-        if tpot > slo.tpot_ms:
-            causes.append(f"p{slo.percentile:g} TPOT {tpot:.0f} ms")
-        if busy > limit:
-            causes.append(f"{busy:.1f} busy adapters for {limit} slots")
-        causes.append(f"load {float(row['load']):.0%}")
-        parts.append(f"{row['gpu_id']} {float(row['slo_attainment']):.1%} "
-                     f"({', '.join(causes)})")
-    return "worst GPUs in simulation: " + "; ".join(parts)
-
-
 def _size_by_simulation(args: argparse.Namespace, config: Config,
                         plan: PlacementPlan) -> PlacementPlan | None:
-    """The plan on the fewest GPUs that meets the SLO in simulation, starting from ``plan``.
+    """Check ``plan`` in simulation; where GPUs miss, tighten their families and re-solve.
 
-    The planner's closed-form model can be optimistic (see docs/simulator.md); this replays
-    generated traffic at the config's rates against plans made with more and more headroom
-    and keeps the smallest fleet that meets the SLO. None (after saying why) when none does.
+    See :mod:`loraserve.sim.sizing`. None (after saying why) when no round meets the SLO.
     """
     # Imported here: planning alone must not pay for the simulator's imports.
-    from loraserve.sim import Scenario, deployment_from_plan, generate_requests, gpus_needed
+    from loraserve.sim import Scenario, generate_requests
+    from loraserve.sim.sizing import size_by_simulation
 
     duration, seed = args.sim_duration, args.seed
     scenario = Scenario(config, lambda s: generate_requests(config, duration, seed=seed,
                                                             rate_scale=s),
                         time_limit=min(args.time_limit, 10.0), seed=seed)
-    first = scenario.simulate(deployment_from_plan(plan, config, policy="loraserve"))
-    verdict = "meets" if first.meets_slo else "misses"
-    _out(f"simulated ({duration:g} s of generated Poisson traffic, seed {seed}): the plan "
-         f"{verdict} the SLO, {first.summary['slo_attainment']:.1%} of requests within it")
-    if first.meets_slo:
-        return plan
-    _out(_worst_gpus(first.gpus, config))
-    found = gpus_needed(scenario, "loraserve", start=plan.num_gpus + 1)
-    if found.value is None:
-        _out(f"no fleet up to {8 * (plan.num_gpus + 1)} GPUs meets the SLO in simulation; "
-             "check the SLO and the pools")
-        return None
-    deployment = scenario.deployment("loraserve", int(found.value))
-    if deployment is None or deployment.plan is None:
-        return None
-    sized = deployment.plan
-    problems = sized.verify(config)
-    if problems:
-        raise RuntimeError(f"the simulation-sized plan fails verify: {problems[0]}")
-    _out(f"the fewest GPUs that meet it in simulation: {sized.num_gpus} (planned for "
-         f"{deployment.headroom:.2f}x the rates); that plan is the one kept")
-    for line in format_plan(sized, config):
+    sizing = size_by_simulation(scenario, plan, solver=args.solver,
+                                time_limit=min(args.time_limit, 10.0))
+    for i, step in enumerate(sizing.rounds):
+        verdict = "meets" if step.meets_slo else "misses"
+        what = "the plan" if i == 0 else f"re-solve {i}"
+        line = (f"simulated ({duration:g} s of generated Poisson traffic, seed {seed}): "
+                f"{what} ({step.gpus} GPUs) {verdict} the SLO, {step.attainment:.1%} of "
+                "requests within it")
+        if step.missed:
+            families = ", ".join(f"{n} GPU(s) {f}" for f, n in sorted(step.missed.items()))
+            line += f"; tightening {families}"
         _out(line)
-    return sized
+        if step.worst:
+            _out(step.worst)
+    if sizing.plan is None:
+        _out(f"no plan met the SLO in simulation after {len(sizing.rounds)} rounds of "
+             "tightening the families of the GPUs that missed; check the SLO and the pools")
+        return None
+    if sizing.plan is not plan:
+        problems = sizing.plan.verify(config)
+        if problems:
+            raise RuntimeError(f"the simulation-checked plan fails verify: {problems[0]}")
+        _out(f"kept the re-solved plan: {sizing.plan.num_gpus} GPUs ({len(sizing.tighten)} "
+             "adapters' families tightened)")
+        for line in format_plan(sizing.plan, config):
+            _out(line)
+    return sizing.plan
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

@@ -56,6 +56,8 @@ def rate_for_load(
 ) -> float:
     """Request rate at which one adapter's load on (H100, ``tier``) is ``frac`` of the tier's cap.
 
+    The load is the solver's traffic row: the larger of compute and the ``tpot_tail`` row
+    (scaled to the compute limit), so a GPU holds adapters whose fractions sum to 1.
     The tier's capacity depends on the workload's mean prompt/output tokens, so every adapter of
     an instance built with these rates must use the same ``prompt_tokens``/``output_tokens``.
     """
@@ -69,7 +71,9 @@ def rate_for_load(
     assert cap.usable, cap.reason
     probe = Adapter(id="probe", rank=8, request_rate=1.0, prompt_tokens=prompt_tokens,
                     output_tokens=output_tokens)
-    return frac * cap.max_utilization / model.request_seconds(probe, GPU, tier)
+    per_rate = max(model.request_seconds(probe, GPU, tier),
+                   cap.max_utilization * model.tpot_load(probe, GPU, tier))
+    return frac * cap.max_utilization / per_rate
 
 
 def adapter(id_: str, rank: int, rate: float) -> dict[str, Any]:

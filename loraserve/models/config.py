@@ -179,6 +179,10 @@ class ServingLimits(BaseModel):
         vLLM ``--max-num-seqs``: most sequences in one batch.
     max_num_batched_tokens : int
         vLLM ``--max-num-batched-tokens``: prefill tokens per scheduler step.
+    slo_families : bool
+        Hold each GPU to the SLO families ``tpot_tail`` (TPOT at the percentile) and
+        ``batch_slots`` (busy adapters against ``max_loras``) besides mean compute. True by
+        default; False gives the compute-only model, whose plans can miss the SLO.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -193,9 +197,9 @@ class ServingLimits(BaseModel):
     gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
     max_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
     #: Hold each GPU to the SLO families ``tpot_tail`` and ``batch_slots`` as well as to
-    #: mean compute (loraserve/profiles/slo.py). Off by default until the solver tests
-    #: built for compute alone are re-derived; see docs/architecture.md.
-    slo_families: bool = False
+    #: mean compute (loraserve/profiles/slo.py). Off gives the compute-only model, which
+    #: over-promises: its plans can miss the SLO in simulation.
+    slo_families: bool = True
     max_num_seqs: int = Field(default=256, ge=1, le=65536)
     max_num_batched_tokens: int = Field(default=2048, ge=16, le=1_048_576)
 

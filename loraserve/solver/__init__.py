@@ -2,6 +2,6 @@
 
 from loraserve.solver.api import SOLVERS, solve
 from loraserve.solver.bounds import lower_bound
-from loraserve.solver.instance import InfeasibleError, Instance
+from loraserve.solver.instance import InfeasibleError, Instance, Tightening
 
-__all__ = ["SOLVERS", "InfeasibleError", "Instance", "lower_bound", "solve"]
+__all__ = ["SOLVERS", "InfeasibleError", "Instance", "Tightening", "lower_bound", "solve"]

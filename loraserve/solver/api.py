@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Mapping
 from typing import Literal
 
 from loraserve.models import Config, PlacementPlan, SolveResult
@@ -17,7 +18,7 @@ from loraserve.solver.colgen import colgen_bound
 from loraserve.solver.cpsat import PlacementCPSAT
 from loraserve.solver.greedy import OpenGPU, _lower_tiers, _State, greedy_placement, plan_cost
 from loraserve.solver.incremental import incremental_placement
-from loraserve.solver.instance import InfeasibleError, Instance
+from loraserve.solver.instance import InfeasibleError, Instance, Tightening
 from loraserve.solver.lns import improve_by_lns
 from loraserve.solver.milp import MILPOutcome, PlacementMILP
 from loraserve.solver.paper_greedy import loraserve_greedy_min
@@ -84,6 +85,7 @@ def solve(
     current: PlacementPlan | None = None,
     max_moves: int | None = None,
     progress: ProgressCallback | None = None,
+    tighten: Mapping[str, Tightening] | None = None,
 ) -> SolveResult:
     """Plan where every adapter lives and how its traffic splits.
 
@@ -122,6 +124,9 @@ def solve(
     progress : callable, optional
         Receives a :class:`~loraserve.solver.progress.Progress` (incumbent, bound, elapsed)
         on every improvement and about once a second during exact solves.
+    tighten : mapping, optional
+        Adapter id to :class:`~loraserve.solver.instance.Tightening`: stricter rows for
+        those adapters (``plan --simulate`` passes the ones whose GPUs missed the SLO).
 
     Returns
     -------
@@ -142,7 +147,8 @@ def solve(
 
         def replication(plain: Config) -> SolveResult:
             return solve(plain, solver=solver, time_limit=time_limit * share, seed=seed,
-                         threads=threads, cost_model=cost_model, progress=progress)
+                         threads=threads, cost_model=cost_model, progress=progress,
+                         tighten=tighten)
 
         return solve_remote(config, solver, time_limit, seed, threads, cost_model,
                             replication)
@@ -150,7 +156,7 @@ def solve(
     started = time.perf_counter()
     deadline = started + time_limit
     report = Reporter(progress, started)
-    inst = Instance.build(config, cost_model)
+    inst = Instance.build(config, cost_model, tighten)
     if not inst.kinds:
         reasons = "; ".join(cap.reason for cap in inst.cost_model.capacity_table())
         return _infeasible(f"no GPU type can run any tier: {reasons}", "tier", solver, started)

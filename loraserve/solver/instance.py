@@ -24,6 +24,7 @@ folding it here; ``docs/architecture.md`` walks through it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,27 @@ class InfeasibleError(Exception):
     def __init__(self, message: str, binding: str) -> None:
         super().__init__(message)
         self.binding = binding
+
+
+@dataclass(frozen=True)
+class Tightening:
+    """Per-adapter factors (>= 1) on the families' rows, from a simulation that missed.
+
+    ``loraserve plan --simulate`` raises them for the adapters of the GPUs that missed the
+    SLO in simulation, for the family that explains the miss, and solves again: the plan
+    then leaves those adapters more room in that family only.
+    """
+
+    compute: float = 1.0
+    tpot_tail: float = 1.0
+    batch_slots: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("compute", "tpot_tail", "batch_slots"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 1.0):
+                raise ValueError(f"tightening {name} must be a finite factor >= 1, "
+                                 f"got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -76,9 +98,15 @@ class Instance:
     hosting_families: tuple[str, ...] = ()
 
     @classmethod
-    def build(cls, config: Config, cost_model: CostModel | None = None) -> Instance:
-        """Build the instance of ``config``."""
+    def build(cls, config: Config, cost_model: CostModel | None = None,
+              tighten: Mapping[str, Tightening] | None = None) -> Instance:
+        """Build the instance of ``config``.
+
+        ``tighten`` maps adapter ids to factors on their rows (:class:`Tightening`).
+        """
         model = cost_model or CostModel.from_config(config)
+        tighten = tighten or {}
+        factors = [tighten.get(a.id, Tightening()) for a in config.adapters]
         prices = {p.gpu_type: p.cost_per_hour for p in config.pools}
         uniform = len(set(prices.values())) == 1
         kinds = [
@@ -94,14 +122,16 @@ class Instance:
                                 for a in adapters])
             rates = np.array([a.request_rate for a in adapters])
             allowed = np.array([a.rank <= kind.tier for a in adapters])
-            compute = rates * seconds
+            compute = rates * seconds * np.array([f.compute for f in factors])
             # The tpot_tail row has limit 1; scaled to the compute limit it shares the row.
             tpot = kind.capacity * np.array([model.tpot_load(a, kind.gpu_type, kind.tier)
-                                             for a in adapters])
+                                             * f.tpot_tail
+                                             for a, f in zip(adapters, factors, strict=True)])
             tpot_binds[:, k] = allowed & (tpot > compute)
             load[allowed, k] = np.maximum(compute, tpot)[allowed]
         real_bytes = np.array([float(config.adapter_bytes(a)) for a in adapters])
-        host, cache, families = _hosting_row(model, config, real_bytes)
+        host, cache, families = _hosting_row(model, config, real_bytes,
+                                             np.array([f.batch_slots for f in factors]))
         return cls(
             config=config,
             cost_model=model,
@@ -199,8 +229,8 @@ class Instance:
 SLOT_UNIT = 2.0**16
 
 
-def _hosting_row(model: CostModel, config: Config,
-                 real_bytes: np.ndarray) -> tuple[np.ndarray, float, tuple[str, ...]]:
+def _hosting_row(model: CostModel, config: Config, real_bytes: np.ndarray,
+                 slot_factors: np.ndarray) -> tuple[np.ndarray, float, tuple[str, ...]]:
     """The hosting row's per-adapter weights, its limit and the families folded into it."""
     cache = model.adapter_cache_bytes()
     families = ("memory",) if math.isfinite(cache) else ()
@@ -209,7 +239,7 @@ def _hosting_row(model: CostModel, config: Config,
     limit = model.slot_limit()
     # The instance's adapters, not the cost model's: a caller may price scaled rates with
     # the model of the unscaled config.
-    weights = np.array([model.slot_weight(a) for a in config.adapters])
+    weights = np.array([model.slot_weight(a) for a in config.adapters]) * slot_factors
     if math.isfinite(cache):
         # Both rows in bytes: an adapter takes the larger of its share of either.
         return np.maximum(real_bytes, weights * cache / limit), cache, (*families, "batch_slots")

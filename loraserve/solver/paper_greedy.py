@@ -67,7 +67,8 @@ CAPACITY_SLACK = 1e-9
 #: Routing weights of one adapter must sum to 1 within this.
 ROUTING_SLACK = 1e-6
 #: Order in which a violated family is named as the reason a fleet size fails.
-FAMILIES = ("slots", "memory", "replicas", "compute", "pool", "tier", "routing")
+FAMILIES = ("slots", "batch_slots", "memory+batch_slots", "memory", "replicas", "compute",
+            "pool", "tier", "routing")
 
 
 @dataclass(frozen=True)
@@ -346,9 +347,14 @@ def _check(inst: Instance, packing: _Packing) -> list[str]:
         heavy = np.flatnonzero(used > inst.cache_bytes)
         if len(heavy):
             worst = int(heavy[np.argmax(used[heavy])])
-            problems.append(f"memory: {len(heavy)} GPUs exceed the adapter cache "
-                            f"(worst: GPU {worst} needs {used[worst] / 2**30:.2f} GiB of "
-                            f"{inst.cache_bytes / 2**30:g})")
+            if inst.hosting_families == ("batch_slots",):
+                problems.append(f"batch_slots: {len(heavy)} GPUs host more busy adapters than "
+                                f"max_loras allows (worst: GPU {worst} at "
+                                f"{used[worst] / inst.cache_bytes:.0%} of its limit)")
+            else:
+                problems.append(f"{'+'.join(inst.hosting_families) or 'memory'}: "
+                                f"{len(heavy)} GPUs exceed the adapter cache (worst: GPU "
+                                f"{worst} at {used[worst] / inst.cache_bytes:.0%} of it)")
     replicas = np.bincount(pa, minlength=inst.num_adapters)
     spread = np.flatnonzero(replicas > inst.max_replicas)
     if len(spread):
@@ -492,8 +498,10 @@ def loraserve_greedy_min(inst: Instance, start: int | None = None,
         if n >= pool:
             families = [p.split(":", 1)[0] for p in problems]
             binding = next(f for f in FAMILIES if f in families)
-            ignored = (" (the paper's algorithm ignores adapter slots and adapter memory "
-                       "while packing)" if binding in {"slots", "memory"} else "")
+            ignored = (" (the paper's algorithm ignores adapter slots, LoRA batch slots and "
+                       "adapter memory while packing)"
+                       if binding in {"slots", "memory", "batch_slots", "memory+batch_slots"}
+                       else "")
             raise InfeasibleError(
                 f"the LoRAServe greedy finds no valid plan on up to {pool} GPUs{ignored}; "
                 f"at {pool} GPUs: {'; '.join(problems)}", binding)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from loraserve import PlacementPlan
 from loraserve.cli import main
 from tests.conftest import QUICKSTART
 
@@ -53,7 +54,7 @@ def test_simulate_a_saved_plan(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert "mean abs error" in out
     table = pd.read_csv(requests)
     assert {"ttft_ms", "tpot_ms", "e2e_ms", "slo_ok"} <= set(table.columns)
-    assert len(pd.read_csv(gpus)) == 14
+    assert len(pd.read_csv(gpus)) == PlacementPlan.load(plan).num_gpus
 
 
 def test_capacity_table(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,6 +1,8 @@
 """Fidelity: the simulator against the solver's predictions for the same plan.
 
-Measured on the quickstart (14 GPUs, 300 s of generated Poisson traffic, seed 0): the
+Measured on the quickstart planned with the compute-only model (``slo_families: false``,
+14 GPUs, 300 s of generated Poisson traffic, seed 0), whose crowded GPUs are what the
+``batch_slots`` family now prevents (``tests/profiles/test_slo.py`` checks the SLO-true plan): the
 simulated load of each GPU (its served work priced like the solver prices it) is within
 1.3 points of the plan's predicted utilization on average and 3.2 points at worst, and 0.1 %
 over the fleet; the mean TPOT per GPU is within 12 % of the predicted TPOT. The M/D/1 and
@@ -12,16 +14,23 @@ breaks the SLO through LoRA-slot waits.
 from __future__ import annotations
 
 import pytest
+import yaml
 
-from loraserve import load_config
+from loraserve import Config, config_from_mapping
 from loraserve.sim.experiments import Scenario
 from loraserve.sim.workload import generate_requests
 from tests.conftest import QUICKSTART
 
 
+def compute_only_quickstart() -> Config:
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    raw["serving"]["slo_families"] = False
+    return config_from_mapping(raw)
+
+
 @pytest.fixture(scope="module")
 def simulated():  # type: ignore[no-untyped-def]
-    config = load_config(QUICKSTART)
+    config = compute_only_quickstart()
     scenario = Scenario(config, lambda s: generate_requests(config, 300.0, seed=0,
                                                             rate_scale=s))
     deployment = scenario.deployment("loraserve", None)
@@ -53,7 +62,7 @@ def test_simulated_tpot_matches_the_predicted_tpot(simulated) -> None:  # type: 
 
 def test_slot_table_finds_the_gpus_that_wait_for_lora_slots(simulated) -> None:  # type: ignore[no-untyped-def]
     deployment, result = simulated
-    config = load_config(QUICKSTART)
+    config = compute_only_quickstart()
     table = deployment.plan.slot_table(config).set_index("gpu_id")
     ttft = result.requests.groupby("gpu")["ttft_ms"].quantile(0.99)
     crowded = table.index[table["overflow"] > 0.4]
@@ -74,5 +83,5 @@ def test_per_gpu_slo_figures_add_up_to_the_fleet(simulated) -> None:  # type: ig
     # The fleet's tail is one of its GPUs' tails or between them.
     assert gpus["ttft_tail_ms"].min() <= result.summary["ttft_p99_ms"] \
         <= gpus["ttft_tail_ms"].max()
-    table = deployment.plan.slot_table(load_config(QUICKSTART)).set_index("gpu_id")
+    table = deployment.plan.slot_table(compute_only_quickstart()).set_index("gpu_id")
     assert gpus["expected_busy_adapters"].to_dict() == table["expected_active"].to_dict()

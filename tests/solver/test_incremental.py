@@ -142,7 +142,9 @@ def test_max_moves_needs_current(running: tuple[Config, PlacementPlan]) -> None:
 
 
 def test_paper_heuristic_replans_from_scratch_and_relabels() -> None:
-    config = synthetic_config(60, 90.0, seed=5, serving={"max_cpu_loras": 64})
+    # 64 slots for the paper's slot-blind packing; batch_slots off, as in its own search.
+    config = synthetic_config(60, 90.0, seed=5, serving={"max_cpu_loras": 64,
+                                                        "slo_families": False})
     running = loraserve.plan(config, solver="loraserve-greedy").plan
     assert running is not None
     changed = with_rates(config, {a.id: a.request_rate * 1.5 for a in config.adapters[:6]})
