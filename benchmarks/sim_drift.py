@@ -118,6 +118,9 @@ def checks(name: str, summary: pd.DataFrame) -> list[dict[str, Any]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    parser.add_argument("--plan-headroom", type=float, default=None,
+                        help="plan for this many times the observed rates (default: "
+                        "DynamicOptions' default)")
     parser.add_argument("--quick", action="store_true",
                         help="the first 900 s of each scenario (a smoke run)")
     args = parser.parse_args()
@@ -129,7 +132,9 @@ def main() -> int:
     for name in args.scenarios:
         planned, requests, told = traffic(name, config, 900.0 if args.quick else None)
         status(f"{name}: {told}; {len(requests)} requests over {requests.duration:.0f} s")
-        result = compare_dynamic(planned, requests, options=DynamicOptions(),
+        options = DynamicOptions() if args.plan_headroom is None else \
+            DynamicOptions(plan_headroom=args.plan_headroom)
+        result = compare_dynamic(planned, requests, options=options,
                                  on_progress=_prefixed(name))
         summary = result.summary.assign(scenario=name, gib_moved=result.summary["bytes_moved"]
                                         / 2**30)

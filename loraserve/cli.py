@@ -25,6 +25,7 @@ from loraserve.models import (
     load_config,
     plan_migration,
 )
+from loraserve.profiles import CostModel
 from loraserve.solver import SOLVERS, solve
 from loraserve.solver.progress import Progress, ProgressCallback
 
@@ -57,10 +58,24 @@ def format_plan(plan: PlacementPlan, config: Config) -> list[str]:
         f"{'total':<12} {'':>5} {plan.num_gpus:>5} {len(config.adapters):>9}   "
         f"cost {plan.cost_per_hour(config):.2f}/h   worst predicted "
         f"p{config.slo.percentile:g} TTFT {gpus['ttft_ms'].max():.0f} ms, "
-        f"TPOT {gpus['tpot_ms'].max():.1f} ms"
+        f"p{config.slo.percentile:g} TPOT {_worst_tpot_tail(plan, config):.1f} ms"
     )
     lines.extend(slot_warning(plan, config))
     return lines
+
+
+def _worst_tpot_tail(plan: PlacementPlan, config: Config) -> float:
+    """The largest predicted TPOT at the SLO percentile over the plan's GPUs."""
+    model = CostModel.from_config(config)
+    adapters = {a.id: a for a in config.adapters}
+    worst = 0.0
+    for gpu in plan.gpus:
+        if not model.has(gpu.gpu_type, gpu.tier):
+            continue
+        shares = [(adapters[a], plan.routes.get(a, {}).get(gpu.gpu_id, 0.0))
+                  for a in gpu.adapters if a in adapters]
+        worst = max(worst, model.predict(gpu.gpu_type, gpu.tier, shares).tpot_tail_ms)
+    return worst
 
 
 #: Share of the time above ``max_loras`` busy adapters from which a GPU is reported.

@@ -428,8 +428,13 @@ def _verify(plan: PlacementPlan, config: Config, model: CostModel) -> list[Viola
 def _verify_slo_families(plan: PlacementPlan, gpu: GPUPlacement, adapters: dict[str, Adapter],
                          model: CostModel) -> list[Violation]:
     """The SLO families beyond compute (``tpot_tail``, ``batch_slots``) on one GPU."""
+    # Every adapter the GPU serves counts, hosted or fetched from a peer: a remote pair's
+    # requests run in the same batches and take a batch slot too.
+    served = list(dict.fromkeys([*gpu.adapters,
+                                 *(a for a, gpu_id, _ in plan.remote_pairs()
+                                   if gpu_id == gpu.gpu_id)]))
     shares = [(adapters[a], plan.routes.get(a, {}).get(gpu.gpu_id, 0.0))
-              for a in gpu.adapters if a in adapters]
+              for a in served if a in adapters]
     problems = []
     for check in model.family_checks(gpu.gpu_type, gpu.tier, shares):
         if check.family in ("tpot_tail", "batch_slots") and check.violated:

@@ -133,3 +133,17 @@ def test_the_quickstart_plan_meets_the_slo_in_simulation() -> None:
                     model, result.plan)
     assert float(sim.requests["slo_ok"].mean()) >= 0.99
     assert result.plan.num_gpus < 19
+
+
+def test_incremental_replan_and_remote_plans_respect_the_families() -> None:
+    config = config_from_mapping(_quickstart())
+    running = solve(config, solver="greedy", seed=0).plan
+    assert running is not None
+    hotter = config.scaled(1.2)
+    replanned = solve(hotter, solver="greedy", current=running, seed=0)
+    assert replanned.plan is not None, replanned.message
+    assert replanned.plan.verify(hotter) == []
+    remote = config_from_mapping(yaml.safe_load((REPO / "examples" / "remote.yaml").read_text()))
+    result = solve(remote, solver="greedy", seed=0)
+    assert result.plan is not None, result.message
+    assert result.plan.verify(remote) == []

@@ -52,9 +52,12 @@ def test_rank_agnostic_packing_uses_one_tier_and_a_valid_plan(quickstart) -> Non
 
 def test_loraserve_routes_follow_its_plan(quickstart) -> None:  # type: ignore[no-untyped-def]
     d = deploy("loraserve", quickstart)
-    plan = solve(quickstart, solver="auto").plan
+    # The policy deploys the planner's own plan (auto, whose exact phase depends on the
+    # machine's speed within its time limit): never more GPUs than the greedy plan.
+    plan = solve(quickstart, solver="greedy").plan
     assert plan is not None and d.plan is not None
-    assert d.num_gpus == plan.num_gpus
+    assert d.num_gpus == d.plan.num_gpus <= plan.num_gpus
+    assert d.plan.verify(quickstart) == []
     assert len({w.tier for w in d.workers}) > 1
     assert d.routes is not None
     for a, split in enumerate(d.routes):

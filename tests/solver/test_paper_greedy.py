@@ -217,7 +217,8 @@ def test_memory_infeasible_names_the_reason() -> None:
     # whatever the fleet size, so no fleet up to the pool's 64 works.
     config = make_config([adapter(f"m{i}", 128, 0.01) for i in range(6)],
                          serving={"adapter_cache_gib": 1.5})
-    with pytest.raises(InfeasibleError, match="ignores adapter slots and adapter memory") as info:
+    with pytest.raises(InfeasibleError,
+                       match="ignores adapter slots, LoRA batch slots and adapter memory") as info:
         loraserve_greedy_min(Instance.build(config))
     assert info.value.binding == "memory"
 
