@@ -243,4 +243,6 @@ def _hosting_row(model: CostModel, config: Config, real_bytes: np.ndarray,
     if math.isfinite(cache):
         # Both rows in bytes: an adapter takes the larger of its share of either.
         return np.maximum(real_bytes, weights * cache / limit), cache, (*families, "batch_slots")
-    return np.ceil(weights * SLOT_UNIT), math.floor(limit * SLOT_UNIT), ("batch_slots",)
+    # At least one unit: an idle adapter still takes a cache entry, and packers divide by it.
+    return (np.maximum(np.ceil(weights * SLOT_UNIT), 1.0), math.floor(limit * SLOT_UNIT),
+            ("batch_slots",))
