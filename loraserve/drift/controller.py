@@ -30,7 +30,7 @@ from typing import Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from loraserve.drift.estimator import Counters, RateEstimator
-from loraserve.models import Config
+from loraserve.models import Adapter, Config
 from loraserve.models.migration import MigrationPlan, plan_migration
 from loraserve.models.plan import PlacementPlan
 from loraserve.profiles.capacity import CostModel
@@ -153,23 +153,29 @@ class DriftMetrics:
 
 def predicted_utilization(plan: PlacementPlan, config: Config,
                           cost_model: CostModel | None = None) -> dict[str, float]:
-    """Each GPU's load under ``config``'s rates, as a share of its tier's utilization limit.
+    """Each GPU's fill under ``config``'s rates: its tightest family's value over its limit.
 
-    Adapters of the plan missing from ``config`` count as idle; 1.0 is the limit at which
-    the predicted TTFT percentile meets the SLO.
+    The families are the planner's per-GPU ones (``compute`` against the TTFT utilization
+    limit, ``tpot_tail``, ``batch_slots``; :meth:`CostModel.family_checks`), so the guard
+    fires on what the planner would refuse. Adapters of the plan missing from ``config``
+    count as idle; 1.0 is the limit.
     """
     model = cost_model or CostModel.from_config(config)
     adapters = {a.id: a for a in config.adapters}
-    load = {g.gpu_id: 0.0 for g in plan.gpus}
-    kind = {g.gpu_id: (g.gpu_type, g.tier) for g in plan.gpus}
+    shares: dict[str, list[tuple[Adapter, float]]] = {g.gpu_id: [] for g in plan.gpus}
     for adapter_id, split in plan.routes.items():
         adapter = adapters.get(adapter_id)
         if adapter is None:
             continue
         for gpu_id, weight in split.items():
-            if gpu_id in load:
-                load[gpu_id] += weight * model.adapter_load(adapter, *kind[gpu_id])
-    return {g: load[g] / model.capacity(*kind[g]).max_utilization for g in load}
+            if gpu_id in shares:
+                shares[gpu_id].append((adapter, weight))
+    fill = {}
+    for gpu in plan.gpus:
+        checks = model.family_checks(gpu.gpu_type, gpu.tier, shares[gpu.gpu_id])
+        fill[gpu.gpu_id] = max((c.used / c.limit if c.limit > 0 else math.inf
+                                for c in checks), default=0.0)
+    return fill
 
 
 def with_rates(config: Config, rates: dict[str, float],
