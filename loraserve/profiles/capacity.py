@@ -257,13 +257,14 @@ class CostModel:
 
     def _tpot_row(self, gpu_type: str, tier: int) -> TpotRow:
         cap = self._capacity[(gpu_type, tier)]
-        kappa = self.calibration[gpu_type].tpot_tail_kappa
+        calibration = self.calibration[gpu_type]
+        kappa, exponent = calibration.tpot_tail_kappa, calibration.tail_exponent
         if not cap.usable:
             return TpotRow(math.inf, 0.0, 1.0, kappa, self.config.slo.tpot_ms, math.inf,
-                           math.inf)
+                           math.inf, exponent)
         profile = self.profiles[gpu_type]
         return TpotRow.build(profile.decode_ms(tier, 1.0), cap.step_ms, cap.batch,
-                             cap.prefill_tokens_per_s, kappa, self.config.slo.tpot_ms)
+                             cap.prefill_tokens_per_s, kappa, self.config.slo.tpot_ms, exponent)
 
     # ---- per-tier capacity ---------------------------------------------------------------
 
@@ -574,7 +575,7 @@ class CostModel:
         active, overflow = active_adapters(in_flight, self.config.serving.max_loras)
         row = self._tpot_rows[(gpu_type, tier)]
         scaled = sum(a.request_rate * w * a.prompt_tokens
-                     * tail_scale(a.prompt_tokens, a.output_tokens)
+                     * tail_scale(a.prompt_tokens, a.output_tokens, row.exponent)
                      for a, w in shares) / cap.prefill_tokens_per_s
         tail = row.tail_ms(prefill_busy, decode_rate, scaled)
         slots = sum(self.slot_weight(a) for a, _ in shares)

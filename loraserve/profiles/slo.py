@@ -69,18 +69,24 @@ class SloCalibration:
     slot_overflow : float
         Largest probability, at a random instant, that more adapters are busy than
         ``max_loras`` (``epsilon`` above).
+    tail_exponent : float
+        Exponent ``g`` of :func:`tail_scale`: ``(P / 1024 * 256 / O) ** (g / 2)``.
     source : str
         How the values were fitted (the command), or ``default``.
     """
 
     tpot_tail_kappa: float = 1.0
     slot_overflow: float = 0.05
+    tail_exponent: float = 1.0
     source: str = "default"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.tpot_tail_kappa) and self.tpot_tail_kappa >= 0):
             raise ConfigError(f"slo calibration: tpot_tail_kappa must be a number >= 0, got "
                               f"{self.tpot_tail_kappa!r}")
+        if not (math.isfinite(self.tail_exponent) and 0.0 <= self.tail_exponent <= 4.0):
+            raise ConfigError(f"slo calibration: tail_exponent must lie in [0, 4], got "
+                              f"{self.tail_exponent!r}")
         if not (0.0 < self.slot_overflow < 0.5):
             raise ConfigError(f"slo calibration: slot_overflow must lie in (0, 0.5), got "
                               f"{self.slot_overflow!r}")
@@ -117,7 +123,8 @@ def load_calibration(gpu_type: str, base_model: str,
     entry = raw.get(f"{gpu_type}/{base_model}", raw.get("default", {}))
     if not isinstance(entry, dict):
         raise ConfigError(f"{path.name}: entry for {gpu_type}/{base_model} must be a mapping")
-    fitted = {k: entry[k] for k in ("tpot_tail_kappa", "slot_overflow") if k in entry}
+    fitted = {k: entry[k] for k in ("tpot_tail_kappa", "slot_overflow", "tail_exponent")
+              if k in entry}
     return SloCalibration(**{k: float(v) for k, v in fitted.items()},
                           source=str(entry.get("source", raw.get("source", "file"))))
 
@@ -139,6 +146,8 @@ class TpotRow:
         The TPOT SLO.
     prefill, decode : float
         Per-token coefficients (seconds of row per prompt, per output token).
+    exponent : float
+        :func:`tail_scale`'s exponent.
     """
 
     d0_ms: float
@@ -148,19 +157,22 @@ class TpotRow:
     slo_ms: float
     prefill: float
     decode: float
+    exponent: float = 1.0
 
     @classmethod
     def build(cls, d1_batch_ms: float, dn_ms: float, batch: float,
-              prefill_tokens_per_s: float, kappa: float, slo_ms: float) -> TpotRow:
+              prefill_tokens_per_s: float, kappa: float, slo_ms: float,
+              exponent: float = 1.0) -> TpotRow:
         """The row from the decode step at one sequence and at the operating batch."""
         d1 = max(0.0, (dn_ms - d1_batch_ms) / (batch - 1.0)) if batch > 1.0 else 0.0
         d0 = max(1e-9, d1_batch_ms - d1)
         room = slo_ms - d0
         if room <= 0:
-            return cls(d0, d1, prefill_tokens_per_s, kappa, slo_ms, math.inf, math.inf)
+            return cls(d0, d1, prefill_tokens_per_s, kappa, slo_ms, math.inf, math.inf,
+                       exponent)
         prefill = (slo_ms + kappa * d0) / prefill_tokens_per_s / room
         decode = slo_ms * d1 / 1e3 / room
-        return cls(d0, d1, prefill_tokens_per_s, kappa, slo_ms, prefill, decode)
+        return cls(d0, d1, prefill_tokens_per_s, kappa, slo_ms, prefill, decode, exponent)
 
     def coefficient(self, rate: float, prompt_tokens: float, output_tokens: float) -> float:
         """Share of the row that ``rate`` req/s of these token means take.
@@ -171,7 +183,7 @@ class TpotRow:
         room = self.slo_ms - self.d0_ms
         if room <= 0:
             return math.inf
-        scale = tail_scale(prompt_tokens, output_tokens)
+        scale = tail_scale(prompt_tokens, output_tokens, self.exponent)
         prefill = ((self.slo_ms + self.kappa * scale * self.d0_ms)
                    / self.prefill_tokens_per_s / room)
         return rate * (prefill * prompt_tokens + self.decode * output_tokens)
@@ -195,16 +207,17 @@ TAIL_REFERENCE_PROMPT = 1024.0
 TAIL_REFERENCE_OUTPUT = 256.0
 
 
-def tail_scale(prompt_tokens: float, output_tokens: float) -> float:
-    """How much of ``kappa`` an adapter's requests feel: ``sqrt(P / 1024 * 256 / O)``.
+def tail_scale(prompt_tokens: float, output_tokens: float, exponent: float = 1.0) -> float:
+    """How much of ``kappa`` an adapter's requests feel: ``(P / 1024 * 256 / O) ** (g / 2)``.
 
     A request's TPOT averages the steps of its own decode, and the prefill time that lands
     in them varies like a compound Poisson sum: its spread relative to the mean grows with
     the size of each prompt's chunks and shrinks with the square root of the steps the
-    request averages over.
+    request averages over (``g`` = 1, the square root; the calibration fits ``g``).
     """
-    return math.sqrt(max(1.0, prompt_tokens) / TAIL_REFERENCE_PROMPT
-                     * TAIL_REFERENCE_OUTPUT / max(2.0, output_tokens))
+    ratio = (max(1.0, prompt_tokens) / TAIL_REFERENCE_PROMPT
+             * TAIL_REFERENCE_OUTPUT / max(2.0, output_tokens))
+    return float(ratio ** (exponent / 2.0))
 
 
 def busy_probability(in_flight: float) -> float:
