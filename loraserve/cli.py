@@ -83,8 +83,13 @@ SLOT_OVERFLOW_REPORTED = 0.05
 
 
 def slot_warning(plan: PlacementPlan, config: Config) -> list[str]:
-    """One line when GPUs of ``plan`` often have more busy adapters than ``max_loras``."""
-    if not plan.gpus:
+    """One line when GPUs of ``plan`` often have more busy adapters than ``max_loras``.
+
+    Only for the compute-only model (``slo_families: false``): with the families on, the
+    ``batch_slots`` row, fitted against the simulator, already keeps the contention a plan
+    may have to what meets the SLO.
+    """
+    if not plan.gpus or config.serving.slo_families:
         return []
     table = plan.slot_table(config)
     crowded = table[table["overflow"] > SLOT_OVERFLOW_REPORTED]

@@ -333,15 +333,20 @@ class CostModel:
                 reason=(f"TTFT: an unloaded tier-{tier} {gpu_type} already needs {unloaded:.0f} "
                         f"ms to the first token; the SLO is {slo.ttft_ms:g} ms"),
                 **common)
-        # At the utilization limit a share of the time goes to prefill in proportion to the
-        # mean request's prefill and decode work; decode steps stretch by what is left.
-        decode_s_per_request = output / decode_tps
-        prefill_busy = max_util * prefill_s_per_request / (prefill_s_per_request
-                                                          + decode_s_per_request)
+        # The mean TPOT of a GPU at its utilization limit with the mean request: a share of
+        # the time goes to prefill, and the batch settles where decode keeps up with the
+        # decode tokens asked for (the decode step's secant, as the tpot_tail row has it).
+        per_request = prefill_s_per_request + output / decode_tps
+        prefill_busy = max_util * prefill_s_per_request / per_request
+        decode_rate = max_util * output / per_request
+        one = profile.decode_ms(tier, 1.0)
+        slope = max(0.0, (step - one) / (batch - 1.0)) if batch > 1.0 else 0.0
+        room = 1.0 - prefill_busy - (slope * decode_rate / 1e3)
+        at_limit = (one - slope) / room if room > 0 else step / (1.0 - prefill_busy)
         return TierCapacity(
             gpu_type, tier, usable=True, batch=float(batch), batch_limit=limit,
             decode_tokens_per_s=decode_tps, prefill_tokens_per_s=prefill_tps, step_ms=step,
-            max_utilization=max_util, tpot_ms=min(slo.tpot_ms, step / (1.0 - prefill_busy)),
+            max_utilization=max_util, tpot_ms=min(slo.tpot_ms, at_limit),
             **common)
 
     def _max_utilization(self, prefill_s: float, step_ms: float) -> float:
@@ -475,15 +480,17 @@ class CostModel:
         Taken at its whole traffic (an upper bound for any share of it) and on the usable
         kind that keeps its requests longest, so the weight holds wherever it runs.
         """
-        weights = [slot_weight(self.in_flight(adapter, t, r))
+        weights = [slot_weight(self.in_flight(adapter, t, r),
+                               self.calibration[t].slot_variance_weight)
                    for (t, r), cap in self._capacity.items()
                    if cap.usable and r >= adapter.rank]
         return max(weights, default=1.0)
 
     def slot_limit(self) -> float:
         """The ``batch_slots`` row's limit (the strictest over the GPU types)."""
-        margin = max((c.slot_margin() for c in self.calibration.values()), default=0.0)
-        return self.config.serving.max_loras - margin
+        limits = [c.slot_limit(self.config.serving.max_loras)
+                  for c in self.calibration.values()]
+        return min(limits, default=float(self.config.serving.max_loras))
 
     def slot_family_binds(self) -> bool:
         """Whether ``batch_slots`` can bind: a GPU may host more adapters than its limit."""

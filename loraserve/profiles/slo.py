@@ -26,13 +26,15 @@ messages use:
     them for tens of seconds. Adapter ``a`` has ``m_a = rate x time in system`` requests in
     flight (Little's law) and is busy with probability ``c_a = 1 - exp(-m_a)``; the count of
     busy adapters is a Poisson-binomial with mean ``E = sum c_a`` and variance
-    ``V = sum c_a (1 - c_a)``. Asking that the count exceed ``max_loras`` with probability at
-    most ``epsilon`` (normal approximation, ``z`` its quantile) means
-    ``E + z sqrt(V) <= max_loras + 1/2``; since ``z sqrt(V) <= z^2 / 4 + V`` (AM-GM), the
-    linear row ``sum (c_a + c_a (1 - c_a)) <= max_loras + 1/2 - z^2 / 4`` is sufficient.
-    It is linear in which adapters a GPU hosts (a hosted adapter's weight is taken at its
-    whole traffic, an upper bound for any share of it), so the exact models keep it.
-    ``epsilon`` is fitted against the simulator.
+    ``V = sum c_a (1 - c_a)``. Asking that the count stay within ``max_loras`` but for a small
+    probability (normal approximation, quantile ``z``) means ``E + z sqrt(V) <= max_loras +
+    1/2``; since ``z sqrt(V) <= z^2 / (4 t) + t V`` for any ``t > 0`` (AM-GM), the row
+    ``sum (c_a + t c_a (1 - c_a)) <= max_loras * (1 - margin)`` is sufficient, and *linear* in
+    which adapters a GPU hosts (a hosted adapter's weight is taken at its whole traffic, an
+    upper bound for any share of it), so the exact models keep it. ``t`` (the variance
+    weight) and ``margin`` are fitted against the simulator; the time in the system is
+    priced at the TPOT of a GPU at its utilization limit, which overstates it on lighter
+    GPUs, so the fitted margin comes out negative (the row may exceed ``max_loras``).
 
 The fitted values live in ``data/slo_calibration.yaml`` beside the profiles, with the
 command that fits them; :func:`load_calibration` reads them.
@@ -44,7 +46,6 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import yaml
@@ -66,9 +67,11 @@ class SloCalibration:
     ----------
     tpot_tail_kappa : float
         Growth of the TPOT percentile with the GPU's prefill share (``kappa`` above).
-    slot_overflow : float
-        Largest probability, at a random instant, that more adapters are busy than
-        ``max_loras`` (``epsilon`` above).
+    slot_variance_weight : float
+        ``t`` of the ``batch_slots`` row: how much of each adapter's busy variance counts.
+    slot_margin : float
+        How far under ``max_loras`` the row's limit sits, as a share of ``max_loras``
+        (negative: above it): the limit is ``max_loras * (1 - slot_margin)``.
     tail_exponent : float
         Exponent ``g`` of :func:`tail_scale`: ``(P / 1024 * 256 / O) ** (g / 2)``.
     source : str
@@ -76,7 +79,8 @@ class SloCalibration:
     """
 
     tpot_tail_kappa: float = 1.0
-    slot_overflow: float = 0.05
+    slot_variance_weight: float = 1.0
+    slot_margin: float = 0.0
     tail_exponent: float = 1.0
     source: str = "default"
 
@@ -87,14 +91,17 @@ class SloCalibration:
         if not (math.isfinite(self.tail_exponent) and 0.0 <= self.tail_exponent <= 4.0):
             raise ConfigError(f"slo calibration: tail_exponent must lie in [0, 4], got "
                               f"{self.tail_exponent!r}")
-        if not (0.0 < self.slot_overflow < 0.5):
-            raise ConfigError(f"slo calibration: slot_overflow must lie in (0, 0.5), got "
-                              f"{self.slot_overflow!r}")
+        if not (math.isfinite(self.slot_variance_weight)
+                and 0.0 <= self.slot_variance_weight <= 4.0):
+            raise ConfigError(f"slo calibration: slot_variance_weight must lie in [0, 4], got "
+                              f"{self.slot_variance_weight!r}")
+        if not (math.isfinite(self.slot_margin) and -1.0 <= self.slot_margin < 1.0):
+            raise ConfigError(f"slo calibration: slot_margin must lie in [-1, 1), got "
+                              f"{self.slot_margin!r}")
 
-    def slot_margin(self) -> float:
-        """``z^2 / 4 - 1/2``: how far under ``max_loras`` the batch-slot row's limit sits."""
-        z = NormalDist().inv_cdf(1.0 - self.slot_overflow)
-        return z * z / 4.0 - 0.5
+    def slot_limit(self, max_loras: int) -> float:
+        """The ``batch_slots`` row's limit for ``max_loras`` batch slots."""
+        return max_loras * (1.0 - self.slot_margin)
 
 
 @lru_cache(maxsize=8)
@@ -123,8 +130,8 @@ def load_calibration(gpu_type: str, base_model: str,
     entry = raw.get(f"{gpu_type}/{base_model}", raw.get("default", {}))
     if not isinstance(entry, dict):
         raise ConfigError(f"{path.name}: entry for {gpu_type}/{base_model} must be a mapping")
-    fitted = {k: entry[k] for k in ("tpot_tail_kappa", "slot_overflow", "tail_exponent")
-              if k in entry}
+    fitted = {k: entry[k] for k in ("tpot_tail_kappa", "tail_exponent",
+                                    "slot_variance_weight", "slot_margin") if k in entry}
     return SloCalibration(**{k: float(v) for k, v in fitted.items()},
                           source=str(entry.get("source", raw.get("source", "file"))))
 
@@ -225,12 +232,7 @@ def busy_probability(in_flight: float) -> float:
     return 1.0 - math.exp(-max(0.0, in_flight))
 
 
-def slot_weight(in_flight: float) -> float:
-    """An adapter's weight on the ``batch_slots`` row: ``c + c (1 - c)``, ``c`` busy prob."""
+def slot_weight(in_flight: float, variance_weight: float = 1.0) -> float:
+    """An adapter's weight on the ``batch_slots`` row: ``c + t c (1 - c)``, ``c`` busy prob."""
     c = busy_probability(in_flight)
-    return c + c * (1.0 - c)
-
-
-def slot_limit(max_loras: int, calibration: SloCalibration) -> float:
-    """The ``batch_slots`` row's limit: ``max_loras + 1/2 - z^2 / 4``."""
-    return max_loras - calibration.slot_margin()
+    return c + variance_weight * c * (1.0 - c)

@@ -9,9 +9,10 @@ it simulates one GPU over a grid of adapter mixes and loads, and writes the fitt
   the ``tpot_tail`` row admits at ``kappa`` satisfies ``kappa <= kappa_max(point)`` (the row
   is monotone in ``kappa``); the fitted ``kappa`` is the smallest that excludes every point
   whose simulated attainment misses the SLO.
-* ``slot_overflow``: ``n`` equally busy adapters on one GPU with ``max_loras`` 4, 8 and 16,
-  at light loads where compute and TPOT cannot bind, so only slots can fail. The fitted
-  ``epsilon`` is the largest whose ``batch_slots`` limit excludes every failing point.
+* ``slot_variance_weight`` and ``slot_margin``: ``n`` adapters of equal or Zipf popularity on
+  one GPU with ``max_loras`` 4, 8 and 16, at loads the compute and TPOT rows admit, so only
+  slots can fail. For each variance weight the margin is the least that excludes every
+  failing point; the weight kept is the one that excludes the fewest points that meet it.
 
 Both fits are closed-form over the grid, so the result depends only on the simulator and
 the seeds (fixed).
@@ -26,7 +27,6 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -34,7 +34,7 @@ import yaml
 
 from loraserve.models import Config, config_from_mapping
 from loraserve.profiles import CostModel
-from loraserve.profiles.slo import CALIBRATION_FILE, slot_weight, tail_scale
+from loraserve.profiles.slo import CALIBRATION_FILE, busy_probability, tail_scale
 from loraserve.sim.engine import SimOptions, Worker, run
 from loraserve.sim.results import SimResult
 from loraserve.sim.workload import generate_requests
@@ -59,11 +59,14 @@ class Point:
     ttft_attainment: float = 1.0
     kappa_max: float = math.inf  # before tail_scale: divide by tail_scale(P, O, g)
     slot_row: float = 0.0
+    slot_variance: float = 0.0
     max_loras: int = 16
 
 
 def _config(gpu_type: str, base_model: str, n: int, rate_each: float, prompt: float,
-            output: float, tier: int, max_loras: int) -> Config:
+            output: float, tier: int, max_loras: int,
+            weights: list[float] | None = None) -> Config:
+    weights = weights or [1.0] * n
     return config_from_mapping({
         "base_model": base_model,
         "slo": {"ttft_ms": 2000, "tpot_ms": 60, "percentile": 99},
@@ -71,8 +74,9 @@ def _config(gpu_type: str, base_model: str, n: int, rate_each: float, prompt: fl
         "serving": {"slo_families": True, "max_loras": max_loras,
                     "max_cpu_loras": max(n, max_loras),
                     "tiers": [tier]},
-        "adapters": [{"id": f"a{i}", "rank": 8, "request_rate": rate_each,
-                      "prompt_tokens": prompt, "output_tokens": output} for i in range(n)],
+        "adapters": [{"id": f"a{i}", "rank": 8, "request_rate": rate_each * n * w / sum(weights),
+                      "prompt_tokens": prompt, "output_tokens": output}
+                     for i, w in enumerate(weights)],
     })
 
 
@@ -98,7 +102,8 @@ def _simulate(config: Config, model: CostModel, tier: int) -> tuple[float, float
 
 
 def _at_load(gpu_type: str, base_model: str, n: int, rho: float, prompt: float,
-             output: float, tier: int, max_loras: int) -> tuple[Config, CostModel] | None:
+             output: float, tier: int, max_loras: int,
+             weights: list[float] | None = None) -> tuple[Config, CostModel] | None:
     probe = _config(gpu_type, base_model, n, 1.0, prompt, output, tier, max_loras)
     model = CostModel.from_config(probe)
     if not model.has(gpu_type, tier):
@@ -106,7 +111,8 @@ def _at_load(gpu_type: str, base_model: str, n: int, rho: float, prompt: float,
     cap = model.capacity(gpu_type, tier)
     per_request = model.request_seconds(probe.adapters[0], gpu_type, tier)
     rate = rho * cap.max_utilization / per_request
-    config = _config(gpu_type, base_model, n, rate / n, prompt, output, tier, max_loras)
+    config = _config(gpu_type, base_model, n, rate / n, prompt, output, tier, max_loras,
+                     weights)
     return config, CostModel.from_config(config)
 
 
@@ -136,24 +142,59 @@ def tpot_points(gpu_type: str, base_model: str) -> list[Point]:
 
 
 def slot_points(gpu_type: str, base_model: str) -> list[Point]:
-    """The many-adapter grid for ``epsilon`` (light loads: only slots can bind)."""
+    """The many-adapter grid for the ``batch_slots`` row.
+
+    ``n`` adapters of equal or Zipf(1) popularity on one GPU, ``max_loras`` 4, 8 and 16, at
+    loads from 10 to 100 % of the tier's limit; points the compute or ``tpot_tail`` rows
+    refuse are left out (they would miss for another family's reason).
+    """
     points = []
     for max_loras in (4, 8, 16):
-        for factor in (0.75, 1.0, 1.5, 2.0, 3.0, 4.0):
-            n = max(1, round(factor * max_loras))
-            for rho in (0.05, 0.1, 0.2, 0.3, 0.4):
-                built = _at_load(gpu_type, base_model, n, rho, 1024, 256, 16, max_loras)
-                if built is None:
+        for mix in ("equal", "zipf"):
+            # One adapter at a time just above max_loras, where the boundary lies.
+            for extra in (-2, 0, 1, 2, 3, 4, 6, 8, 16, 32, 64, 112):
+                n = max_loras + extra
+                if n < 1 or n > 8 * max_loras:
                     continue
-                config, model = built
-                row = sum(slot_weight(model.in_flight(a, gpu_type, 16))
-                          for a in config.adapters)
-                both, tpot, ttft = _simulate(config, model, 16)
-                points.append(Point(16, n, 1024, 256, rho, both, tpot, ttft,
-                                    slot_row=row, max_loras=max_loras))
+                weights = [1.0 / (i + 1) for i in range(n)] if mix == "zipf" else None
+                for rho in (0.1, 0.3, 0.5, 0.7, 0.85, 1.0):
+                    built = _at_load(gpu_type, base_model, n, rho, 1024, 256, 16, max_loras,
+                                     weights)
+                    if built is None:
+                        continue
+                    config, model = built
+                    shares = [(a, 1.0) for a in config.adapters]
+                    checks = model.family_checks(gpu_type, 16, shares)
+                    if any(c.violated for c in checks if c.family != "batch_slots"):
+                        continue
+                    row = sum(busy_probability(model.in_flight(a, gpu_type, 16))
+                              for a in config.adapters)
+                    variance = sum(busy_probability(model.in_flight(a, gpu_type, 16))
+                                   * (1 - busy_probability(model.in_flight(a, gpu_type, 16)))
+                                   for a in config.adapters)
+                    both, tpot, ttft = _simulate(config, model, 16)
+                    points.append(Point(16, n, 1024, 256, rho, both, tpot, ttft,
+                                        slot_row=row, slot_variance=variance,
+                                        max_loras=max_loras))
     return points
 
 
+def fit_slots(slots: list[Point], target: float, weight: float) -> tuple[float, int]:
+    """The least margin excluding every failing point at variance ``weight``, and its cost.
+
+    The second value counts the points that meet the SLO and are excluded all the same.
+    """
+    def room(p: Point) -> float:
+        return 1.0 - (p.slot_row + weight * p.slot_variance) / p.max_loras
+
+    failing = [room(p) for p in slots if p.attainment < target]
+    margin = max(-0.99, max(failing, default=-0.99)) + 1e-3
+    lost = sum(1 for p in slots if p.attainment >= target and room(p) < margin)
+    return margin, lost
+
+
+#: Variance weights of the ``batch_slots`` row tried by the fit.
+VARIANCE_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
 #: Exponents of :func:`tail_scale` tried by the fit.
 EXPONENTS = (0.0, 0.5, 1.0, 1.5, 2.0)
 
@@ -177,19 +218,16 @@ def fit_kappa(tpot: list[Point], target: float, exponent: float) -> tuple[float,
 
 
 def fit(tpot: list[Point], slots: list[Point], target: float) -> dict[str, float]:
-    """``kappa``, its exponent and ``epsilon`` from the grids; see the module docstring."""
+    """``kappa``, its exponent and the slot row's weight and margin; see the module docstring."""
     # The exponent that loses the fewest points that meet the SLO (ties: the smaller kappa).
     fits = sorted((fit_kappa(tpot, target, g)[1], fit_kappa(tpot, target, g)[0], g)
                   for g in EXPONENTS)
     _, kappa, exponent = fits[0]
-    # The margin must exceed max_loras - row at every failing point.
-    need = max((p.max_loras - p.slot_row for p in slots if p.attainment < target),
-               default=-0.5)
-    margin = max(need, -0.49) + 1e-3
-    z = math.sqrt(4.0 * (margin + 0.5))
-    epsilon = min(0.49, 1.0 - NormalDist().cdf(z))
+    slot_fits = sorted((fit_slots(slots, target, t)[1], fit_slots(slots, target, t)[0], t)
+                       for t in VARIANCE_WEIGHTS)
+    _, margin, weight = slot_fits[0]
     return {"tpot_tail_kappa": round(kappa, 4), "tail_exponent": exponent,
-            "slot_overflow": float(f"{epsilon:.4g}")}
+            "slot_variance_weight": weight, "slot_margin": round(margin, 4)}  # of max_loras
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     for g in EXPONENTS:
         kappa, lost = fit_kappa(tpot, args.target, g)
         print(f"tail exponent {g:g}: kappa {kappa:.3f}, excludes {lost} points that meet it")
+    for t in VARIANCE_WEIGHTS:
+        margin, lost = fit_slots(slots, args.target, t)
+        print(f"slot variance weight {t:g}: margin {margin:.3f}, excludes {lost} points that "
+              "meet it")
     slot_fail = sum(p.attainment < args.target for p in slots)
     print(f"tpot grid: {len(tpot)} points, {kappa_fail} miss the SLO; slot grid: {len(slots)} "
           f"points, {slot_fail} miss; {seconds:.0f} s")

@@ -25,8 +25,9 @@ def test_calibration_file_is_read_and_names_its_command() -> None:
     calibration = load_calibration(GPU, "llama-3-8b")
     assert calibration.source.startswith("python -m loraserve.sim.calibrate")
     assert calibration.tpot_tail_kappa > 0
-    with pytest.raises(Exception, match="slot_overflow"):
-        SloCalibration(slot_overflow=0.7)
+    with pytest.raises(Exception, match="slot_margin"):
+        SloCalibration(slot_margin=1.5)
+    assert SloCalibration(slot_margin=-0.25).slot_limit(16) == pytest.approx(20.0)
 
 
 def test_tail_scale_and_slot_weight_shapes() -> None:
