@@ -148,3 +148,19 @@ def test_incremental_replan_and_remote_plans_respect_the_families() -> None:
     result = solve(remote, solver="greedy", seed=0)
     assert result.plan is not None, result.message
     assert result.plan.verify(remote) == []
+
+
+def test_peak_factor_of_a_stream_whose_rate_steps_up() -> None:
+    import numpy as np
+
+    from loraserve.sim.workload import Requests, peak_factor
+
+    # 10 req/s for 600 s, then 20 req/s for 300 s: 5-minute windows at 10, 10, 20.
+    arrival = np.concatenate([np.arange(0, 600, 0.1), np.arange(600, 900, 0.05)])
+    n = len(arrival)
+    requests = Requests(arrival=arrival, adapter=np.zeros(n, dtype=np.int64),
+                        prompt_tokens=np.ones(n), output_tokens=np.ones(n), duration=900.0)
+    mean = n / arrival.max()
+    assert peak_factor(requests, 300.0, 95.0) == pytest.approx(
+        float(np.percentile([10.0, 10.0, 20.0], 95)) / mean, rel=1e-3)
+    assert peak_factor(requests.head(100.0)) == 1.0
