@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 VLLM_VENV := .venv-vllm
 export LORASERVE_VLLM_PYTHON := $(abspath $(VLLM_VENV))/bin/python
 
-.PHONY: demo test lint bench clean vllm-env
+.PHONY: demo test test-fast lint bench clean vllm-env
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ test: $(VENV)/.installed-dev $(VLLM_VENV)/.installed
 	$(BIN)/ruff check loraserve tests benchmarks examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# The inner loop: lint, types and every test but the real vLLM servers (no .venv-vllm needed).
+test-fast: $(VENV)/.installed-dev
+	$(BIN)/ruff check loraserve tests benchmarks examples
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -m "not vllm"
 
 bench: $(VENV)/.installed-run
 	$(BIN)/python benchmarks/solver_scale.py
