@@ -11,6 +11,10 @@ A profile holds, for one GPU type and one base model, per rank tier ``R`` (the w
 and per adapter rank ``r``: ``adapter_load_ms[r]``, the time to load an adapter's weights from
 host memory to the GPU, and optionally ``peer_load_ms[r]``, the time to load it from a peer
 node over a ``peer_link_gbit_per_s`` RDMA link (network transfer, then the host-to-GPU copy).
+Optionally, ``request_overhead_ms``: what a request takes beyond the engine's steps before its
+first token reaches the client (HTTP, request processing, streaming), measured through the
+server by ``loraserve profile --engine vllm``; the simulator adds it to every request's time
+to first token (0 when absent, as in the analytic profiles).
 Latencies are whole-model milliseconds. Between grid points the
 latency is interpolated linearly; beyond the last point it is extrapolated from the last
 segment (decode and prefill are close to affine in their argument at large sizes).
@@ -71,6 +75,9 @@ class Profile(BaseModel):
         Per adapter rank, load time from a peer node at ``peer_link_gbit_per_s`` (optional).
     peer_link_gbit_per_s : float, optional
         The link bandwidth ``peer_load_ms`` holds for; required with it.
+    request_overhead_ms : float
+        Fixed time a request spends outside the engine's steps before its first token
+        reaches the client (HTTP, request processing, streaming); 0 when not measured.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -90,6 +97,7 @@ class Profile(BaseModel):
     adapter_load_ms: dict[int, float] = Field(default_factory=dict)
     peer_load_ms: dict[int, float] = Field(default_factory=dict)
     peer_link_gbit_per_s: float | None = Field(default=None, gt=0.0)
+    request_overhead_ms: float = Field(default=0.0, ge=0.0)
 
     @model_validator(mode="after")
     def _grids_match(self) -> Profile:
@@ -166,6 +174,9 @@ class Profile(BaseModel):
             del data["peer_load_ms"]
             if data["peer_link_gbit_per_s"] is None:
                 del data["peer_link_gbit_per_s"]
+        if not data["request_overhead_ms"]:
+            # Profiles without a measured overhead read and write as before.
+            del data["request_overhead_ms"]
         return yaml.dump(data, Dumper=_FlowListDumper, sort_keys=False, width=100)
 
     @classmethod
