@@ -184,9 +184,10 @@ class BusyMeter:
 
     def __init__(self, root: int) -> None:
         tree = _tree(root)
-        cores = [p for p in tree if "EngineCore" in _name(p)]
-        self.engine = cores or tree[1:2] or [root]
-        self.front = [p for p in tree if p not in self.engine]
+        # /proc's comm keeps 15 characters: "VLLM::EngineCor"; its children do the compute.
+        cores = [p for p in tree if "EngineCor" in _name(p)]
+        self.engine = [p for c in cores for p in _tree(c)] or tree[1:]
+        self.front = [root]
 
     def read(self) -> tuple[float, float]:
         return (sum(_cpu_s(p) for p in self.engine), sum(_cpu_s(p) for p in self.front))
@@ -521,10 +522,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiers", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--levels", type=float, nargs="+", default=[0.3, 0.6, 0.9])
-    parser.add_argument("--knee", type=float, nargs="*", default=[1.2, 1.6, 2.2],
+    parser.add_argument("--knee", type=float, nargs="*", default=[0.15, 1.2, 1.6],
                         help="further Poisson levels for the knee (one run each)")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--duration", type=float, default=25.0, help="seconds per point")
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per point")
     parser.add_argument("--unloaded", type=int, default=22,
                         help="sequential requests that set the SLO (the first 2 untimed)")
     parser.add_argument("--slo-factor", type=float, default=4.0,

@@ -35,6 +35,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -273,6 +274,11 @@ class ServedRequest:
     e2e_ms: float
 
 
+def prompt_ids(length: int, salt: int, vocab: int) -> list[int]:
+    """A prompt of ``length`` token ids, distinct per ``salt`` (no prefix reuse)."""
+    return [3 + (salt * 7919 + i * 31) % (vocab - 3) for i in range(length)]
+
+
 def _stream_once(client: Any, url: str, model: str, prompt: list[int],
                  output_tokens: int) -> tuple[float, float]:
     body = {"model": model, "prompt": prompt, "max_tokens": output_tokens,
@@ -339,15 +345,26 @@ def serve_requests(settings: EngineSettings, work: Path, tier: int,
             for tokens in prompts:
                 for k in range(settings.serve_requests + 2):
                     counter += 1
-                    prompt = [3 + (counter * 7919 + i * 31) % (vocab - 3) for i in range(tokens)]
+                    prompt = prompt_ids(tokens, counter, vocab)
                     ttft, e2e = _stream_once(client, url, "a0", prompt, output_tokens)
                     if k >= 2:
                         out.append(ServedRequest(tokens, output_tokens, ttft, e2e))
-                if progress is not None:
+                if progress is not None and tokens > 0:
                     mine = [r for r in out if r.prompt_tokens == tokens]
                     progress(f"server tier {tier} prompt {tokens}: TTFT "
                              f"{statistics.median(r.ttft_ms for r in mine):.2f} ms, E2E "
                              f"{statistics.median(r.e2e_ms for r in mine):.2f} ms")
+            # Concurrent streams: what serving adds to a decode step at batch > 1.
+            batch = min(settings.max_loras, settings.max_num_seqs)
+            long_output = 24
+            for round_ in range(3):
+                prompts_ = [prompt_ids(16, 10_000 + round_ * 100 + k, vocab)
+                            for k in range(batch)]
+                with ThreadPoolExecutor(batch) as pool:
+                    timed = list(pool.map(
+                        lambda p: _stream_once(client, url, "a0", p, long_output), prompts_))
+                if round_:
+                    out += [ServedRequest(-batch, long_output, t, e) for t, e in timed]
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
@@ -361,18 +378,48 @@ def serve_requests(settings: EngineSettings, work: Path, tier: int,
     return out
 
 
-def request_overhead_ms(profile: Profile, tier: int,
-                        served: Sequence[ServedRequest]) -> tuple[float, float]:
-    """What sequential requests take beyond the engine's steps: (per request, per token) ms.
+@dataclass(frozen=True)
+class ServingOverhead:
+    """What serving adds to the engine's own steps (ms).
 
-    Per request: the median over requests of TTFT less the profile's prefill step for the
-    prompt. Per token: the median of (E2E - TTFT) / (output - 1) less a batch-1 decode step.
+    Attributes
+    ----------
+    request_ms : float
+        Per request, before its first token reaches the client.
+    step_ms, token_ms : float
+        Per decode step, and per running sequence in it.
     """
-    first = [r.ttft_ms - profile.prefill_ms(tier, r.prompt_tokens) for r in served]
-    per_token = [(r.e2e_ms - r.ttft_ms) / (r.output_tokens - 1) - profile.decode_ms(tier, 1)
-                 for r in served if r.output_tokens > 1]
-    return (max(0.0, float(statistics.median(first))),
-            float(statistics.median(per_token)) if per_token else 0.0)
+
+    request_ms: float
+    step_ms: float
+    token_ms: float
+
+
+def serving_overhead(profile: Profile, tier: int,
+                     served: Sequence[ServedRequest]) -> ServingOverhead:
+    """Fit what serving adds, from requests timed through the server.
+
+    Per request: the median over sequential requests of TTFT less the profile's prefill step
+    for the prompt. Per step and per sequence: the median TPOT of sequential requests (batch
+    1) and of ``B`` concurrent ones (rows with ``prompt_tokens == -B``), each less the
+    engine's decode step at that batch, solved for ``step + B x token``.
+    """
+    alone = [r for r in served if r.prompt_tokens > 0]
+    first = [r.ttft_ms - profile.prefill_ms(tier, r.prompt_tokens) for r in alone]
+
+    def tpot(rows: Sequence[ServedRequest]) -> float:
+        return float(statistics.median((r.e2e_ms - r.ttft_ms) / (r.output_tokens - 1)
+                                       for r in rows))
+
+    extra_one = tpot([r for r in alone if r.output_tokens > 1]) - profile.decode_ms(tier, 1)
+    together = [r for r in served if r.prompt_tokens < 0]
+    token = 0.0
+    if together:
+        batch = -together[0].prompt_tokens
+        extra_many = tpot(together) - profile.decode_ms(tier, batch)
+        token = max(0.0, (extra_many - extra_one) / (batch - 1))
+    step = max(0.0, extra_one - token)
+    return ServingOverhead(max(0.0, float(statistics.median(first))), step, token)
 
 
 def measure_engine(settings: EngineSettings,
@@ -393,27 +440,31 @@ def measure_engine(settings: EngineSettings,
             tier = min(settings.tiers)
             prompts = sorted({settings.prefill_tokens[0], settings.prefill_tokens[-1] // 2})
             served = serve_requests(settings, work, tier, prompts, progress=progress)
-            per_request, per_token = request_overhead_ms(profile, tier, served)
-            points += tuple(EnginePoint("served_ttft", tier, p,
-                                        tuple(r.ttft_ms for r in served if r.prompt_tokens == p))
-                            for p in prompts)
-            points += tuple(EnginePoint("served_e2e", tier, p,
-                                        tuple(r.e2e_ms for r in served if r.prompt_tokens == p))
-                            for p in prompts)
+            fit = serving_overhead(profile, tier, served)
+            for kind, rows in (("served_ttft", [(r.prompt_tokens, r.ttft_ms) for r in served]),
+                               ("served_e2e", [(r.prompt_tokens, r.e2e_ms) for r in served])):
+                for size in sorted({p for p, _ in rows}):
+                    points += (EnginePoint(kind, tier, size,
+                                           tuple(v for p, v in rows if p == size)),)
+            batch = min(settings.max_loras, settings.max_num_seqs)
             provenance = {
                 **profile.provenance,
-                "request_overhead": (
-                    f"{per_request:.3f} ms: median over {len(served)} sequential streamed "
-                    f"completions to the OpenAI server (tier {tier}, prompts "
-                    f"{'/'.join(map(str, prompts))} tokens, 8 output tokens) of TTFT less the "
-                    "engine's prefill step; includes HTTP, request processing and streaming"),
-                "token_overhead": (
-                    f"{per_token:.3f} ms per output token beyond a batch-1 decode step, same "
-                    "requests (not used by the simulator; reported)"),
+                "serving_overhead": (
+                    f"request {fit.request_ms:.3f} ms, step {fit.step_ms:.3f} ms, token "
+                    f"{fit.token_ms:.3f} ms: through the OpenAI server at tier {tier} "
+                    f"({len(served)} streamed completions: sequential ones with prompts of "
+                    f"{'/'.join(map(str, prompts))} tokens and 8 output tokens, and rounds of "
+                    f"{batch} concurrent ones with 24; CSV rows served_*, a negative size is "
+                    "a concurrent round's batch). Request: TTFT less the engine's prefill "
+                    "step; step and token: TPOT less the engine's decode step, at batch 1 and "
+                    f"{batch}. It includes HTTP, request processing, output processing and "
+                    "streaming, and their competition with the engine for the CPU"),
                 "seconds": f"{time.perf_counter() - started:.1f}",
             }
-            profile = profile.model_copy(update={"request_overhead_ms": round(per_request, 4),
-                                                 "provenance": provenance})
+            profile = profile.model_copy(update={
+                "request_overhead_ms": round(fit.request_ms, 4),
+                "step_overhead_ms": round(fit.step_ms, 4),
+                "token_overhead_ms": round(fit.token_ms, 4), "provenance": provenance})
     return EngineRun(profile, points)
 
 

@@ -15,7 +15,7 @@ from loraserve.profiles.engine import (
     EngineSettings,
     ServedRequest,
     build_engine_profile,
-    request_overhead_ms,
+    serving_overhead,
 )
 from loraserve.profiles.schema import Profile
 from loraserve.runtime_adapter.localfleet import tiny_model_spec
@@ -72,13 +72,19 @@ def test_a_gpu_profile_is_keyed_by_the_device_name() -> None:
     assert profile.gpu_type == "H100-80GB"
 
 
-def test_the_request_overhead_is_what_the_server_adds_to_the_engine() -> None:
+def test_the_overheads_are_what_the_server_adds_to_the_engine() -> None:
     profile = build_engine_profile(settings(), points(), VERSIONS, time.perf_counter())
-    # The fitted prefill of 32 tokens is 8.5 ms, a batch-1 decode step 4 ms.
-    served = [ServedRequest(32, 8, 8.5 + extra, 8.5 + extra + 7 * 5.0) for extra in (10, 11, 12)]
-    per_request, per_token = request_overhead_ms(profile, 8, served)
-    assert per_request == pytest.approx(11.0)
-    assert per_token == pytest.approx(1.0)
+    # The fitted prefill of 32 tokens is 8.5 ms; decode steps 4 ms at batch 1, 6.5 at 16.
+    alone = [ServedRequest(32, 8, 8.5 + extra, 8.5 + extra + 7 * 5.5) for extra in (10, 11, 12)]
+    # Batch 16 concurrently: 6.5 + step 1 + 16 x 0.5 = 15.5 ms per token.
+    together = [ServedRequest(-16, 24, 30.0, 30.0 + 23 * 15.5) for _ in range(4)]
+    fit = serving_overhead(profile, 8, alone + together)
+    assert fit.request_ms == pytest.approx(11.0)
+    assert fit.token_ms == pytest.approx(0.5)
+    assert fit.step_ms == pytest.approx(1.0)
+    served = profile.model_copy(update={"step_overhead_ms": fit.step_ms,
+                                        "token_overhead_ms": fit.token_ms})
+    assert served.decode_ms(8, 16) == pytest.approx(6.5 + 1.0 + 8.0)
 
 
 def test_settings_that_cannot_be_measured_are_refused_with_the_flag() -> None:
