@@ -22,6 +22,7 @@ The model (the same one the solver, ``verify`` and the simulator read):
   service time, ``W_q = s * ln(rho / (1 - q)) / (1 - rho)``. The tier's ``max_utilization``
   is the largest ``rho`` that keeps it under the TTFT SLO, capped by
   ``serving.max_utilization``.
+  A profile's ``request_overhead_ms`` (measured through the server) adds to the TTFT.
 * **Remote access.** A request served on a GPU that fetches its adapter from a peer waits,
   on top, for the fetch: the profile's peer load (network transfer, then the host-to-GPU
   copy) at the path's bandwidth, with the transfer stretched by ``1 / (1 - u)`` for a link
@@ -325,9 +326,11 @@ class CostModel:
         batch = math.floor(batch_cap) if batch_cap >= 1.0 else batch_cap
         step = profile.decode_ms(tier, batch)
         decode_tps = batch / (step / 1e3)
-        max_util = self._max_utilization(prefill_s_per_request, step)
+        # A measured request overhead (HTTP, request processing, streaming) adds to the TTFT.
+        max_util = self._max_utilization(prefill_s_per_request,
+                                         step + profile.request_overhead_ms)
         if max_util <= 0.0:
-            unloaded = (prefill_s_per_request * 1e3) + step
+            unloaded = (prefill_s_per_request * 1e3) + step + profile.request_overhead_ms
             return TierCapacity(
                 gpu_type, tier, usable=False,
                 reason=(f"TTFT: an unloaded tier-{tier} {gpu_type} already needs {unloaded:.0f} "
@@ -382,7 +385,8 @@ class CostModel:
         found = self._with_extra.get(key)
         if found is None:
             prefill_s = self.mean_prompt_tokens / cap.prefill_tokens_per_s
-            found = self._max_utilization(prefill_s, cap.step_ms + extra_ms)
+            overhead = self.profiles[gpu_type].request_overhead_ms
+            found = self._max_utilization(prefill_s, cap.step_ms + overhead + extra_ms)
             self._with_extra[key] = found
         return found
 
@@ -574,7 +578,8 @@ class CostModel:
         step = profile.decode_ms(tier, max(batch, 1.0))
         tpot = step / max(1e-9, 1.0 - min(prefill_busy, 0.999))
         quantile = self.config.slo.percentile / 100.0
-        ttft = 1e3 * (prefill_s + _waiting_quantile_s(util, prefill_s, quantile)) + step
+        ttft = (1e3 * (prefill_s + _waiting_quantile_s(util, prefill_s, quantile)) + step
+                + profile.request_overhead_ms)
         # Time in the system of one request: its own prefill, then its decode steps.
         in_flight = [a.request_rate * w * (a.prompt_tokens / cap.prefill_tokens_per_s
                                            + a.output_tokens * tpot / 1e3)

@@ -102,6 +102,10 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     if not args.output:
         raise ConfigError("-o/--output: give the profile file to write (for example "
                           "H100-80GB/llama-3-8b.measured.yaml); the raw CSV goes beside it")
+    if args.engine == "vllm":
+        return _cmd_engine(args)
+    if args.context_tokens is None:
+        args.context_tokens = 1024
     profiler = _profiler()
     spec = profiler.load_model_spec(args.model)
     settings = profiler.ProfilerSettings(
@@ -123,6 +127,58 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     _out(_summary(profile, run.measurements))
     _out(f"profile written to {output}; raw measurements to {raw}")
     return EXIT_OK
+
+
+def _cmd_engine(args: argparse.Namespace) -> int:
+    """``--engine vllm``: time the real vLLM engine in its own environment."""
+    import os
+
+    from loraserve.profiles import engine
+    from loraserve.profiles.fitting import load_model_spec
+
+    python = args.vllm_python or os.environ.get("LORASERVE_VLLM_PYTHON")
+    if not python:
+        raise ConfigError("--vllm-python: give the Python of an environment with vLLM (or "
+                          "set LORASERVE_VLLM_PYTHON)")
+    options: dict[str, Any] = {
+        "base_model": load_model_spec(args.model), "python": Path(python),
+        "max_loras": args.lora_slots, "command": _command(args), "seed": args.seed,
+        "serve": not args.no_serve, "cpus": args.cpus, "gpu_type": args.gpu_type,
+    }
+    for name in ("tiers", "batch_sizes", "prefill_tokens", "load_ranks", "target_modules",
+                 "max_num_seqs", "max_num_batched_tokens", "max_model_len", "context_tokens",
+                 "steps", "repeats", "warmup", "dtype"):
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = value
+    settings = engine.EngineSettings(**options)
+    run = engine.measure_engine(settings, progress=_progress(args))
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    raw = run.save(output)
+    profile = run.profile
+    _out(_engine_summary(profile))
+    _out(f"profile written to {output}; raw samples to {raw}")
+    return EXIT_OK
+
+
+def _engine_summary(profile: Any) -> str:
+    """Decode and prefill per tier, with the slowdown against the lowest tier."""
+    base = profile.tier_values[0]
+    batch, tokens = profile.batch_sizes[-1], profile.prefill_tokens[-1]
+    lines = [f"{profile.base_model} on {profile.gpu_type} "
+             f"({profile.provenance.get('device_name', '')}, "
+             f"{profile.provenance.get('engine', '')}); x = vs tier {base}",
+             f"{'tier':>5} {'decode b1 ms':>13} {f'decode b{batch} ms':>16} "
+             f"{f'prefill {tokens} ms':>17}"]
+    for tier in profile.tier_values:
+        d1, db = profile.decode_ms(tier, 1), profile.decode_ms(tier, batch)
+        pf = profile.prefill_ms(tier, tokens)
+        lines.append(f"{tier:>5} {d1:>13.2f} {db:>9.2f} {db / profile.decode_ms(base, batch):5.2f}x"
+                     f" {pf:>10.2f} {pf / profile.prefill_ms(base, tokens):5.2f}x")
+    if profile.request_overhead_ms:
+        lines.append(f"request overhead through the server: {profile.request_overhead_ms:.2f} ms")
+    return "\n".join(lines)
 
 
 def _summary(profile: Any, rows: Any) -> str:
@@ -200,6 +256,22 @@ def register(sub: Any) -> None:
     parser.add_argument("--model", help="base-model preset (llama-3-8b, mistral-7b, ...) or a "
                                         "YAML file of shapes")
     parser.add_argument("-o", "--output", help="profile file to write (with --plot: the PNG)")
+    parser.add_argument("--engine", choices=("torch", "vllm"), default="torch",
+                        help="torch: time loraserve's own layers (default); vllm: time the real "
+                             "vLLM engine (load_format=dummy) in the environment of "
+                             "--vllm-python")
+    engine = parser.add_argument_group("with --engine vllm")
+    engine.add_argument("--vllm-python", help="Python of the vLLM environment (default "
+                                              "$LORASERVE_VLLM_PYTHON)")
+    engine.add_argument("--max-num-seqs", type=int, help="vLLM --max-num-seqs (default 16)")
+    engine.add_argument("--max-num-batched-tokens", type=int,
+                        help="vLLM --max-num-batched-tokens (default 512)")
+    engine.add_argument("--max-model-len", type=int, help="vLLM --max-model-len (default 512)")
+    engine.add_argument("--steps", type=int, help="decode steps timed per batch (default 20)")
+    engine.add_argument("--dtype", help="vLLM --dtype (default float32)")
+    engine.add_argument("--cpus", help="pin the engine to these CPUs (taskset -c list)")
+    engine.add_argument("--no-serve", action="store_true",
+                        help="skip the server phase that measures the per-request overhead")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="default: CUDA when present, else CPU")
     parser.add_argument("--gpu-type", help="profile key (default: from the GPU's name, "
@@ -211,8 +283,9 @@ def register(sub: Any) -> None:
     parser.add_argument("--prefill-tokens", type=_ints, nargs="+", help="prefill token counts")
     parser.add_argument("--load-ranks", type=_ints, nargs="+", help="adapter ranks to time loading "
                                                          "(default: the tiers)")
-    parser.add_argument("--context-tokens", type=int, default=1024,
-                        help="KV-cache tokens per sequence in decode (default 1024)")
+    parser.add_argument("--context-tokens", type=int,
+                        help="KV-cache tokens per sequence in decode (default 1024; 64 with "
+                             "--engine vllm)")
     parser.add_argument("--lora-slots", type=int, default=16,
                         help="stacked adapter slots, vLLM --max-loras (default 16)")
     parser.add_argument("--target-modules", type=_modules, nargs="+",

@@ -11,6 +11,12 @@ A profile holds, for one GPU type and one base model, per rank tier ``R`` (the w
 and per adapter rank ``r``: ``adapter_load_ms[r]``, the time to load an adapter's weights from
 host memory to the GPU, and optionally ``peer_load_ms[r]``, the time to load it from a peer
 node over a ``peer_link_gbit_per_s`` RDMA link (network transfer, then the host-to-GPU copy).
+Optionally, ``request_overhead_ms``: what a request takes beyond the engine's steps before its
+first token reaches the client (HTTP, request processing, streaming), measured through the
+server by ``loraserve profile --engine vllm``; the simulator adds it to every request's time
+to first token (0 when absent, as in the analytic profiles); and ``step_overhead_ms`` and
+``token_overhead_ms``, what serving adds to each decode step (per step, per running
+sequence), which :meth:`Profile.decode_ms` includes.
 Latencies are whole-model milliseconds. Between grid points the
 latency is interpolated linearly; beyond the last point it is extrapolated from the last
 segment (decode and prefill are close to affine in their argument at large sizes).
@@ -71,6 +77,13 @@ class Profile(BaseModel):
         Per adapter rank, load time from a peer node at ``peer_link_gbit_per_s`` (optional).
     peer_link_gbit_per_s : float, optional
         The link bandwidth ``peer_load_ms`` holds for; required with it.
+    request_overhead_ms : float
+        Fixed time a request spends outside the engine's steps before its first token
+        reaches the client (HTTP, request processing, streaming); 0 when not measured.
+    step_overhead_ms, token_overhead_ms : float
+        What serving adds to each decode step beyond the engine's own time, per step and per
+        running sequence (the server's output processing and streaming, where it competes
+        with the engine for the CPU); :meth:`decode_ms` includes them. 0 when not measured.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -90,6 +103,9 @@ class Profile(BaseModel):
     adapter_load_ms: dict[int, float] = Field(default_factory=dict)
     peer_load_ms: dict[int, float] = Field(default_factory=dict)
     peer_link_gbit_per_s: float | None = Field(default=None, gt=0.0)
+    request_overhead_ms: float = Field(default=0.0, ge=0.0)
+    step_overhead_ms: float = Field(default=0.0, ge=0.0)
+    token_overhead_ms: float = Field(default=0.0, ge=0.0)
 
     @model_validator(mode="after")
     def _grids_match(self) -> Profile:
@@ -127,7 +143,8 @@ class Profile(BaseModel):
 
     def decode_ms(self, tier: int, batch: float) -> float:
         """Decode-step latency at ``tier`` for ``batch`` running sequences."""
-        return _interp(batch, self.batch_sizes, self._table(tier).decode_ms)
+        engine = _interp(batch, self.batch_sizes, self._table(tier).decode_ms)
+        return engine + self.step_overhead_ms + self.token_overhead_ms * max(batch, 1.0)
 
     def prefill_ms(self, tier: int, tokens: float) -> float:
         """Prefill latency at ``tier`` for a pass over ``tokens`` tokens."""
@@ -166,6 +183,10 @@ class Profile(BaseModel):
             del data["peer_load_ms"]
             if data["peer_link_gbit_per_s"] is None:
                 del data["peer_link_gbit_per_s"]
+        for name in ("request_overhead_ms", "step_overhead_ms", "token_overhead_ms"):
+            if not data[name]:
+                # Profiles without a measured overhead read and write as before.
+                del data[name]
         return yaml.dump(data, Dumper=_FlowListDumper, sort_keys=False, width=100)
 
     @classmethod

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import httpx
 
+from loraserve.models import BaseModelSpec
+
 #: Environment variable naming the Python of the vLLM environment.
 VLLM_PYTHON_ENV = "LORASERVE_VLLM_PYTHON"
 
@@ -36,6 +38,15 @@ VLLM_PYTHON_ENV = "LORASERVE_VLLM_PYTHON"
 SERVED_NAME = "tiny-llama"
 
 _ASSETS_SCRIPT = Path(__file__).with_name("_tiny_assets.py")
+
+
+def tiny_model_spec() -> BaseModelSpec:
+    """The shapes of the tiny Llama the local workers serve (for profiles and configs)."""
+    from loraserve.runtime_adapter import _tiny_assets as tiny
+
+    return BaseModelSpec(name=SERVED_NAME, num_layers=tiny.LAYERS, hidden_size=tiny.HIDDEN,
+                         intermediate_size=tiny.INTERMEDIATE, num_attention_heads=tiny.HEADS,
+                         num_kv_heads=tiny.KV_HEADS, vocab_size=tiny.VOCAB, dtype_bytes=4)
 
 
 def vllm_python() -> Path | None:
@@ -91,6 +102,10 @@ class WorkerSettings:
     dev_mode: bool = False
     host: str = "127.0.0.1"
     lora_resolver_dir: Path | None = None
+    #: More server arguments, after the defaults (a later flag wins in vLLM's parser).
+    extra_args: tuple[str, ...] = ()
+    #: CPUs the worker is pinned to (a ``taskset -c`` list); unpinned when None.
+    cpus: str | None = None
 
     @property
     def url(self) -> str:
@@ -110,6 +125,9 @@ def worker_command(python: Path, model: Path, settings: WorkerSettings) -> list[
     ]
     if settings.api_key:
         command += ["--api-key", settings.api_key]
+    command += list(settings.extra_args)
+    if settings.cpus:
+        command = ["taskset", "-c", settings.cpus, *command]
     return command
 
 

@@ -29,6 +29,11 @@ advanced in closed form: the worker's next event is the first sequence to finish
 ``k`` steps of ``decode_ms(tier, b)`` ahead. An arrival in the middle of such a run cuts it
 at the next step boundary. Steps that carry prefill are simulated one at a time.
 
+**Request overhead.** A profile measured through the server (``request_overhead_ms``) says
+how long a request spends outside the engine's steps before its first token reaches the
+client (HTTP, request processing, streaming). Each request reaches its worker's queue that
+much after its arrival; its TTFT and end-to-end time count from the arrival.
+
 **Remote fetches.** A worker may serve an adapter it does not host, fetching it from a peer
 (a plan's remote pair, :attr:`Worker.remote`). Activating such an adapter when it is not in
 the worker's CPU cache fetches its weights over the widest path of the config's topology
@@ -632,13 +637,27 @@ def run(
     n_workers = len(states)
     outstanding = [0] * n_workers
     last_choice = -1
-    horizon = (arrival[-1] if n else 0.0) + options.max_drain_s
+    # A profile's request overhead (HTTP, request processing, streaming: measured through
+    # the server) delays each request's arrival at its worker; its TTFT counts from the
+    # original arrival. Requests then reach the workers in the order of the delayed times.
+    delays = [model.profiles[w.gpu_type].request_overhead_ms / 1e3 for w in workers]
+    order: list[int] | None = None
+    reach = arrival
+    if n and any(delays):
+        if target:
+            shifted = np.asarray(arrival) + np.asarray(delays)[np.asarray(target)]
+        else:
+            shifted = np.asarray(arrival) + min(delays)
+        sort = np.argsort(shifted, kind="stable")
+        order = sort.tolist()
+        reach = shifted[sort].tolist()
+    horizon = (reach[-1] if n else 0.0) + options.max_drain_s
     stopped = False
     now = 0.0
     i = 0
     next_report = PROGRESS_EVERY
     while True:
-        next_arrival = arrival[i] if i < n else math.inf
+        next_arrival = reach[i] if i < n else math.inf
         if events and events[0][0] <= next_arrival:
             now, index, version = pop(events)
             if now > horizon:
@@ -654,7 +673,7 @@ def run(
         if i >= n:
             break
         now = next_arrival
-        r = i
+        r = i if order is None else order[i]
         i += 1
         if routes is None:
             # Least outstanding requests; ties go round-robin from the last choice.

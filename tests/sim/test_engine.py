@@ -298,3 +298,19 @@ def test_the_warm_cache_evicts_the_least_popular_first() -> None:
     assert result.cold_loads[0] == 2
     ttft = result.first - reqs.arrival
     assert ttft[1] < ttft[0] and ttft[1] < ttft[2]
+
+
+def test_a_profiles_request_overhead_delays_each_request_by_exactly_it() -> None:
+    config = one_adapter()
+    model = CostModel.from_config(config)
+    profile = model.profiles[GPU]
+    slow = profile.model_copy(update={"request_overhead_ms": 7.5})
+    reqs = requests([0.0, 0.010, 0.5], [100, 200, 50], [5, 3, 4])
+    worker = [Worker("g0", GPU, 8, (0,))]
+    plain = run(config, worker, reqs, [[(0, 1.0)]], cost_model=model)
+    shifted = run(config, worker, reqs, [[(0, 1.0)]],
+                  cost_model=CostModel.from_config(config, {GPU: slow}))
+    # The whole timeline moves by the overhead; the steps themselves do not change.
+    assert shifted.first == pytest.approx(plain.first + 0.0075, rel=1e-12)
+    assert shifted.done == pytest.approx(plain.done + 0.0075, rel=1e-12)
+    assert shifted.busy_s == pytest.approx(plain.busy_s, rel=1e-12)
