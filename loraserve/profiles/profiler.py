@@ -61,13 +61,12 @@ from typing import Literal, cast
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (torch's own convention)
-import yaml
 from pydantic import ValidationError
 
 from loraserve.models import PRESETS, BaseModelSpec, ConfigError
-from loraserve.models._files import write_atomic
 from loraserve.models.base_model import ALL_LINEAR_MODULES, TargetModule
 from loraserve.models.config import ADMISSIBLE_RANKS, format_validation_error
+from loraserve.models.io import read_text, read_yaml, write_atomic
 from loraserve.profiles.schema import Profile, TierProfile
 
 logger = logging.getLogger(__name__)
@@ -383,8 +382,10 @@ def read_measurements(path: str | Path) -> list[Measurement]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+        text = read_text(path, "a raw-measurement CSV file")
+    except ConfigError as exc:
+        if str(exc) != f"{path}: file not found":
+            raise
         raise ConfigError(f"{path}: raw measurements not found; `loraserve profile` writes "
                           "them beside the profile") from None
     rows: list[Measurement] = []
@@ -425,10 +426,7 @@ def load_model_spec(name_or_path: str) -> BaseModelSpec:
     if not path.is_file():
         raise ConfigError(f"--model: '{name_or_path}' is neither a preset "
                           f"({', '.join(sorted(PRESETS))}) nor a YAML file of shapes")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
+    raw = read_yaml(path, "a YAML file of model shapes")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a model spec must be a mapping of shapes (name, num_layers, "
                           "hidden_size, ...)")

@@ -22,7 +22,7 @@ import pandas as pd
 from loraserve._argtypes import at_least_one as _gpus
 from loraserve._argtypes import positive as _positive
 from loraserve.models import Config, ConfigError, PlacementPlan, load_config
-from loraserve.models._files import write_atomic
+from loraserve.models.io import write_atomic
 from loraserve.models.trace import load_azure_trace
 from loraserve.sim.dynamic import add_dynamic_arguments
 from loraserve.sim.engine import SimOptions

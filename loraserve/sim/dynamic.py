@@ -55,7 +55,7 @@ from loraserve._argtypes import positive as _positive
 from loraserve.drift import Counters, DriftController, DriftPolicy, with_rates
 from loraserve.drift.options import add_policy_arguments, policy_from_args
 from loraserve.models import Config, ConfigError, PlacementPlan, load_config
-from loraserve.models._files import write_atomic
+from loraserve.models.io import write_atomic
 from loraserve.models.migration import plan_migration, relabel
 from loraserve.profiles import CostModel
 from loraserve.sim.engine import SimOptions, Worker, run, weighted_routes
