@@ -51,6 +51,7 @@ class ConfigError(ValueError):
 # ---- what a command read, so that it never writes over it ------------------------------------
 
 _inputs: ContextVar[set[Path] | None] = ContextVar("loraserve_inputs", default=None)
+_written: ContextVar[list[Path] | None] = ContextVar("loraserve_written", default=None)
 
 
 @contextlib.contextmanager
@@ -68,6 +69,23 @@ def tracking_inputs() -> Iterator[set[Path]]:
         yield seen
     finally:
         _inputs.reset(token)
+
+
+@contextlib.contextmanager
+def tracking_writes() -> Iterator[list[Path]]:
+    """Record every file :func:`write_atomic` completes inside the block, in order.
+
+    Yields
+    ------
+    list of Path
+        The paths written so far, so that an interrupted command can say what it wrote.
+    """
+    written: list[Path] = []
+    token = _written.set(written)
+    try:
+        yield written
+    finally:
+        _written.reset(token)
 
 
 def _resolved(path: Path) -> Path:
@@ -479,6 +497,9 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
+        done = _written.get()
+        if done is not None:
+            done.append(path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing as mp
+import signal
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -449,18 +450,35 @@ def _compare_forked(scenario: Scenario, order: Sequence[str], gpus: int | None,
                    ready=ready)
     needed: dict[str, Search] = {}
     parts: dict[str, _Part] = {}
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(order)), mp_context=ctx,
+                               initializer=_leave_signals_to_parent)
     try:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(order)), mp_context=ctx) as pool:
-            futures = {policy: pool.submit(_forked_task, policy) for policy in order}
-            for policy, future in futures.items():
-                search, part = future.result()
-                if search is not None:
-                    needed[policy] = search
-                if part is not None:
-                    parts[policy] = part
+        futures = {policy: pool.submit(_forked_task, policy) for policy in order}
+        for policy, future in futures.items():
+            search, part = future.result()
+            if search is not None:
+                needed[policy] = search
+            if part is not None:
+                parts[policy] = part
+    except BaseException:
+        # Interrupted (or a worker failed): the other workers' simulations are not wanted,
+        # and waiting for them would hold Ctrl-C up for minutes.
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in mp.active_children():
+            child.terminate()
+        raise
+    else:
+        pool.shutdown()
     finally:
         _FORKED.clear()
     return needed, parts, decided.value or None
+
+
+def _leave_signals_to_parent() -> None:
+    """In a forked worker: Ctrl-C is the parent's to handle (it ends the workers)."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _forked_task(policy: str) -> tuple[Search | None, _Part | None]:

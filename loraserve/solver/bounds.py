@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import pulp
 
+from loraserve.solver._stop import pulp_solve
 from loraserve.solver.instance import Instance
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def tier_count_bound(
             model += (pulp.lpSum(n[k.index] for k in kinds if k.gpu_type == gpu_type) <= pool,
                       f"pool_{gpu_type}")
     solver = pulp.HiGHS(msg=False, timeLimit=time_limit, threads=1)
-    model.solve(solver)
+    pulp_solve(model, solver)
     status = pulp.LpStatus[model.status]
     if status != "Optimal":
         return Bound(value=math.inf, feasible=False, binding="", message=status, counts={})

@@ -34,6 +34,7 @@ import numpy as np
 import pulp
 
 from loraserve.models import PlacementPlan
+from loraserve.solver._stop import pulp_solve
 from loraserve.solver.greedy import OpenGPU, _State, plan_cost
 from loraserve.solver.instance import EPS, InfeasibleError, Instance
 
@@ -133,7 +134,7 @@ def _route(inst: Instance, gpus: list[OpenGPU]) -> np.ndarray:
         k = gpus[g].kind
         model += (pulp.lpSum(float(inst.load[a, k]) * x[a, g] for a in adapters)
                   <= inst.kinds[k].capacity, f"compute_{g}")
-    model.solve(pulp.HiGHS(msg=False, threads=1))
+    pulp_solve(model, pulp.HiGHS(msg=False, threads=1))
     if pulp.LpStatus[model.status] != "Optimal":
         raise RuntimeError(f"re-routing LP ended {pulp.LpStatus[model.status]}")
     for (a, g), var in x.items():
