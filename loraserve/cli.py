@@ -31,10 +31,12 @@ from loraserve.models import (
 )
 from loraserve.models.io import (
     check_outputs,
+    one_line,
     tracking_inputs,
     tracking_writes,
     write_atomic,
 )
+from loraserve.models.plan_check import check_current
 from loraserve.solver import SOLVERS, solve
 from loraserve.solver.progress import Progress, ProgressCallback
 
@@ -127,6 +129,8 @@ def _progress_printer(enabled: bool) -> ProgressCallback | None:
 def _cmd_plan(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     current = PlacementPlan.load(args.current) if args.current else None
+    if current is not None:
+        check_current(current, config, args.current, force=args.force)
     # Before the solve: a bad target found after minutes of solving loses the plan.
     check_outputs({"-o": args.output, "--migration": args.migration},
                   {"config": args.config, "--current": args.current})
@@ -241,6 +245,11 @@ def _size_by_simulation(args: argparse.Namespace, config: Config,
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    # What plan checks next: a profile for every pool, readable profile files. A config that
+    # validates and then fails to plan is a broken promise.
+    from loraserve.profiles import CostModel
+
+    CostModel.from_config(config)
     ranks = sorted({a.rank for a in config.adapters})
     _out(f"{args.config}: valid: {len(config.adapters)} adapters (ranks {ranks}), "
          f"{config.total_request_rate:g} req/s, "
@@ -290,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="solver threads (default 1: the same input gives the same plan)")
     plan.add_argument("--current", metavar="PLAN",
                       help="re-plan from this running plan, moving as little as possible")
+    plan.add_argument("--force", action="store_true",
+                      help="with --current: re-plan even from a plan that shares under half "
+                           "its adapters with the config")
     plan.add_argument("--max-moves", type=_count, metavar="N",
                       help="with --current: at most N adapter loads")
     plan.add_argument("--migration", metavar="FILE",
@@ -329,16 +341,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Longest error line printed; a message that echoes an input is cut here.
-MAX_ERROR_LINE = 500
-
-
-def one_line(message: object) -> str:
-    """``message`` as one line of at most :data:`MAX_ERROR_LINE` characters."""
-    text = " ".join(str(message).split())
-    return text if len(text) <= MAX_ERROR_LINE else text[: MAX_ERROR_LINE - 3] + "..."
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; return the exit code.
 
@@ -346,7 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     SIGINT or SIGTERM stops any phase within a second and exits 130 or 143 after saying
     which files, if any, were written.
     """
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse's usage errors (2) and --help (0), already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     with tracking_inputs(), tracking_writes() as written, signals_interrupt():

@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 Rank = Literal[8, 16, 32, 64, 128, 256, 320, 512]
 ADMISSIBLE_RANKS: tuple[int, ...] = tuple(get_args(Rank))
 
+#: Most requests per second one adapter may have (any more is a typo, not a workload).
+MAX_REQUEST_RATE = 1e6
+
 #: Bytes in a GiB.
 GiB = 1024**3
 
@@ -74,7 +77,7 @@ class Adapter(BaseModel):
 
     id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     rank: Rank
-    request_rate: float = Field(ge=0.0, le=1e6)
+    request_rate: float = Field(ge=0.0, le=MAX_REQUEST_RATE)
     prompt_tokens: float = Field(gt=0.0, le=1e6)
     output_tokens: float = Field(gt=0.0, le=1e6)
     target_modules: tuple[TargetModule, ...] = ALL_LINEAR_MODULES
@@ -324,7 +327,19 @@ class Config(BaseModel):
         return Config.model_validate(data)
 
     def scaled(self, factor: float) -> Config:
-        """Return a copy with every adapter's request rate multiplied by ``factor``."""
+        """Return a copy with every adapter's request rate multiplied by ``factor``.
+
+        Raises
+        ------
+        ConfigError
+            When ``factor`` puts an adapter's rate outside what a config may hold.
+        """
+        limit = MAX_REQUEST_RATE
+        hottest = max(self.adapters, key=lambda a: a.request_rate)
+        if not math.isfinite(factor) or factor < 0 or hottest.request_rate * factor > limit:
+            raise ConfigError(f"rate scale {factor:g} puts adapter {clip(hottest.id)} at "
+                              f"{hottest.request_rate * factor:g} req/s; the most a config may "
+                              f"hold is {limit:g} req/s per adapter")
         return self.with_adapters(
             [a.model_copy(update={"request_rate": a.request_rate * factor}) for a in self.adapters]
         )
@@ -420,6 +435,9 @@ def config_from_mapping(
     if not isinstance(raw, Mapping):
         kind = type(raw).__name__
         raise ConfigError(f"{source}: the document must be a mapping of fields, not {kind}")
+    if "routes" in raw and "gpus" in raw and "adapters" not in raw:
+        raise ConfigError(f"{source}: is a plan, not a config; give the config YAML (a plan "
+                          "goes after it, as in loraserve verify CONFIG PLAN)")
     base_dir = base_dir or Path.cwd()
     data = dict(raw)
     try:

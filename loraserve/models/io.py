@@ -37,6 +37,8 @@ MAX_ALIAS_EXPANSION = 1_000_000
 MAX_DEPTH = 64
 #: Longest value echoed in an error message.
 MAX_ECHO = 60
+#: Longest error line printed; a message that quotes an input is cut here.
+MAX_ERROR_LINE = 500
 
 # libyaml's parser when present: a 50 MB file parses in seconds instead of minutes.
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -96,6 +98,12 @@ def _resolved(path: Path) -> Path:
 
 
 # ---- reading ---------------------------------------------------------------------------------
+
+
+def one_line(message: object) -> str:
+    """``message`` as one line of at most :data:`MAX_ERROR_LINE` characters."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= MAX_ERROR_LINE else text[: MAX_ERROR_LINE - 3] + "..."
 
 
 def clip(value: object, limit: int = MAX_ECHO) -> str:

@@ -8,13 +8,19 @@ import logging
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
+from loraserve._argtypes import finite as _finite
+from loraserve._argtypes import positive as _positive
+from loraserve._argtypes import seed as _seed
 from loraserve.drift.options import add_policy_arguments
 from loraserve.models import ConfigError, MigrationPlan, PlacementPlan
+from loraserve.models.plan_check import check_plan
 from loraserve.runtime_adapter.errors import MigrationError, RuntimeAdapterError
-from loraserve.runtime_adapter.inventory import load_inventory
+from loraserve.runtime_adapter.inventory import Inventory, load_inventory
 from loraserve.runtime_adapter.reconciler import ApplyResult, StepEvent, apply_plan
+from loraserve.runtime_adapter.routes import read_table
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +82,8 @@ def _cmd_apply(args: argparse.Namespace) -> int:
         raise ConfigError("--rollback takes no PLAN: it returns to the state the interrupted "
                           "run started from")
     target = PlacementPlan.load(args.plan) if args.plan else None
+    if target is not None:
+        check_plan(target, args.plan)
     progress = _Progress()
     try:
         result = asyncio.run(apply_plan(
@@ -119,18 +127,52 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port (1 to 65535)")
+    return int(text)
+
+
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not host:
         raise argparse.ArgumentTypeError(f"'{text}' is not HOST:PORT (for example "
                                          "127.0.0.1:9000)")
+    if not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is not between 0 and 65535")
     return host.strip("[]"), int(port)
+
+
+def _interval(text: str) -> float:
+    """Seconds between checks: at least 0.05, so that a loop never spins."""
+    value = _finite(text)
+    if value < 0.05:
+        raise argparse.ArgumentTypeError(f"must be at least 0.05 seconds, got {text}")
+    return value
+
+
+def _check_table(path: str, inventory: Inventory) -> None:
+    """Refuse a routing table none of whose GPUs has a worker; warn about a partial match."""
+    if not Path(path).exists():
+        return  # the router waits for apply to write it
+    table = read_table(path)
+    routed = {g for split in table.routes.values() for g in split}
+    missing = sorted(routed - {w.gpu_id for w in inventory.workers})
+    if routed and len(missing) == len(routed):
+        raise ConfigError(f"--plan {path}: none of its {len(routed)} GPUs has a worker in the "
+                          f"inventory (first: {missing[0]}); route the plan apply wrote for "
+                          "these workers")
+    if missing:
+        logger.warning("%s: %d GPU(s) have no worker in the inventory (%s); their share of "
+                       "each adapter goes to the other replicas", path, len(missing),
+                       ", ".join(missing[:5]))
 
 
 def _cmd_route(args: argparse.Namespace) -> int:
     from loraserve.runtime_adapter.router import Router
 
     inventory = load_inventory(args.workers)
+    _check_table(args.plan, inventory)
     router = Router(args.plan, inventory, seed=args.seed,
                     health_interval_s=args.health_interval)
     host, port = args.listen
@@ -232,9 +274,9 @@ def register(sub: Any) -> None:
                        help="the fleet inventory YAML")
     route.add_argument("--listen", type=_listen, default=("127.0.0.1", 9000),
                        metavar="HOST:PORT", help="address to serve on (default 127.0.0.1:9000)")
-    route.add_argument("--health-interval", type=float, default=1.0, metavar="S",
+    route.add_argument("--health-interval", type=_interval, default=1.0, metavar="S",
                        help="seconds between worker health checks (default 1)")
-    route.add_argument("--seed", type=int, default=None, help="seed of the replica choice")
+    route.add_argument("--seed", type=_seed, default=None, help="seed of the replica choice")
     route.set_defaults(func=_cmd_route)
 
     watch = sub.add_parser("watch", help="follow traffic drift: re-plan and apply when the "
@@ -242,17 +284,17 @@ def register(sub: Any) -> None:
     watch.add_argument("config", help="config YAML (adapter rates are replaced by observed ones)")
     watch.add_argument("--workers", required=True, metavar="INVENTORY",
                        help="the fleet inventory YAML (router_url required)")
-    watch.add_argument("--interval", type=float, default=30.0, metavar="S",
+    watch.add_argument("--interval", type=_interval, default=30.0, metavar="S",
                        help="seconds between router scrapes (default 30)")
     watch.add_argument("--once", action="store_true",
                        help="one observe-decide-act step (two scrapes an interval apart)")
     watch.add_argument("--dry-run", action="store_true", help="decide and report; apply nothing")
     add_policy_arguments(watch, 300.0, "default 300")
-    watch.add_argument("--time-limit", type=float, default=10.0, metavar="S",
+    watch.add_argument("--time-limit", type=_positive, default=10.0, metavar="S",
                        help="seconds per solve (default 10)")
-    watch.add_argument("--margin", type=float, default=1.0, metavar="X",
+    watch.add_argument("--margin", type=_positive, default=1.0, metavar="X",
                        help="plan and guard for X times the observed rates (default 1; "
                             "loraserve plan --simulate shows how much the model needs)")
-    watch.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+    watch.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
                        help="serve the watcher's Prometheus metrics on 127.0.0.1:PORT")
     watch.set_defaults(func=_cmd_watch)

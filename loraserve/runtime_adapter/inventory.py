@@ -336,6 +336,16 @@ def _resolve(inventory: Inventory, base_dir: Path, source: str) -> Inventory:
                               "roots; move it under one of adapter_roots or add its directory "
                               "there")
         adapters[name] = full
+    for field_name in ("routes_file", "journal"):
+        # Written by apply and read by the router: a folder or a missing folder found only at
+        # the first route step would leave a half-migrated fleet.
+        target = absolute(getattr(inventory, field_name))
+        if target.is_dir():
+            raise ConfigError(f"{source}: {field_name}: '{target}' is a folder; give a file "
+                              "name")
+        if not target.parent.is_dir():
+            raise ConfigError(f"{source}: {field_name}: the folder '{target.parent}' does not "
+                              "exist; create it first")
     return inventory.model_copy(update={
         "workers": tuple(workers), "adapter_roots": roots, "adapters": adapters,
         "routes_file": absolute(inventory.routes_file),

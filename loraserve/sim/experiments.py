@@ -20,6 +20,7 @@ every run they make is kept (``points``) for the plots.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import multiprocessing as mp
@@ -34,6 +35,7 @@ from typing import Any
 import pandas as pd
 
 from loraserve.models import Config, ConfigError, PlacementPlan
+from loraserve.models.io import one_line, write_atomic
 from loraserve.profiles import CostModel
 from loraserve.sim.engine import SimOptions, run
 from loraserve.sim.policies import Deployment, deploy
@@ -554,15 +556,16 @@ def save_figure(fig: Any, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    image = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110)
-    except (OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"{path}: cannot write the plot ({exc})") from None
+        # Drawn in memory, then written like every other output (models.io.write_atomic).
+        fig.savefig(image, dpi=110, format=path.suffix.lstrip(".").lower() or "png")
+    except ValueError as exc:
+        raise ConfigError(f"{path}: cannot draw the plot ({one_line(exc)}); end the name "
+                          "in .png, .svg or .pdf") from None
     finally:
         plt.close(fig)
-    tmp.replace(path)
+    write_atomic(path, image.getvalue())
 
 
 def plot_comparison(comparison: Comparison, path: str | Path, title: str = "") -> None:
