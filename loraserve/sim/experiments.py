@@ -452,7 +452,9 @@ def _compare_forked(scenario: Scenario, order: Sequence[str], gpus: int | None,
                    ready=ready)
     needed: dict[str, Search] = {}
     parts: dict[str, _Part] = {}
-    pool = ProcessPoolExecutor(max_workers=min(jobs, len(order)), mp_context=ctx,
+    workers = min(jobs, len(order))
+    logger.info("compare: %d policies in %d processes", len(order), workers)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                                initializer=_leave_signals_to_parent)
     try:
         futures = {policy: pool.submit(_forked_task, policy) for policy in order}
