@@ -446,7 +446,11 @@ def config_from_mapping(
         prefixed = {"adapter_defaults": raw.get("adapter_defaults")}
         line = format_validation_error(exc, prefixed, source)
         raise ConfigError(line.replace(f"{source}: ", f"{source}: adapter_defaults.", 1)) from None
-    entries = list(data.get("adapters") or [])
+    listed = data.get("adapters")
+    if listed is not None and not isinstance(listed, list):
+        raise ConfigError(f"{source}: adapters: give a list of adapters (each with id, rank, "
+                          f"request_rate), not {clip(listed)}")
+    entries = list(listed or [])
     csv_path = data.pop("adapters_csv", None)
     if csv_path is not None:
         if not isinstance(csv_path, str):

@@ -35,13 +35,17 @@ def _out(line: str = "") -> None:
 class _Progress:
     """Step lines on stdout and, on a terminal, a progress bar on stderr."""
 
-    def __init__(self) -> None:
+    def __init__(self, rollback: bool = False) -> None:
+        self.rollback = rollback
         self.tty = sys.stderr.isatty()
         self.done = 0
         self.started = time.perf_counter()
 
     def plan(self, migration: MigrationPlan, resumed: str | None) -> None:
-        if resumed:
+        if resumed and self.rollback:
+            _out(f"rolling back interrupted run {resumed}: returning to the state it started "
+                 "from, planned from the fleet as it is now")
+        elif resumed:
             _out(f"resuming after interrupted run {resumed}: planned again from the fleet as "
                  "it is now")
         _out(f"{len(migration.steps)} steps")
@@ -84,7 +88,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     target = PlacementPlan.load(args.plan) if args.plan else None
     if target is not None:
         check_plan(target, args.plan)
-    progress = _Progress()
+    progress = _Progress(rollback=args.rollback)
     try:
         result = asyncio.run(apply_plan(
             target, inventory, dry_run=args.dry_run, rollback=args.rollback,
@@ -103,11 +107,19 @@ def _cmd_apply(args: argparse.Namespace) -> int:
             _out(f"an interrupted run ({result.resumed}) would be resumed from the fleet as it "
                  "is now")
         for number, step in enumerate(result.migration.steps, start=1):
-            _out(f"{number:>4}. {step}")
+            note = ""
+            if step.action == "stop_gpu" and inventory.launcher.stop is None:
+                # What apply will really do: without a stop command the worker stays up.
+                note = " [no launcher stop command: the worker stays up, empty and unrouted]"
+            _out(f"{number:>4}. {step}{note}")
         summary = result.migration.summary()
         _out(f"dry run: {summary['steps']} steps ({summary['loads']} loads, "
              f"{summary['unloads']} unloads, {summary['routes']} routing changes, "
              f"{summary['tier_changes']} restarts); nothing was changed")
+        if result.unprobed:
+            _out(f"not checked in a dry run: the rank limit of {len(result.unprobed)} worker(s) "
+                 f"({', '.join(result.unprobed[:5])}) that expose no LoRA settings; apply "
+                 "checks it by loading and unloading a probe adapter before any step")
         if target is not None and target.remote:
             _out(f"then {len(target.remote_pairs())} remote pair(s) would be routed, loaded on "
                  "demand by their workers")
