@@ -174,7 +174,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     # state to avoid if the second write fails.
     if migration is not None and args.migration:
         migration.save(args.migration)
-        _out(f"migration written to {args.migration} ({len(migration.steps)} steps)")
+        _out(f"migration written to {args.migration} ({len(migration.steps)} steps; for "
+             "review: apply plans its own steps from the fleet it observes)")
     if args.output:
         plan.save(args.output)
         _out(f"plan written to {args.output}")

@@ -450,3 +450,24 @@ def test_gpu_placement_keeps_non_finite_predictions_in_python() -> None:
     gpu = GPUPlacement(gpu_id="g", gpu_type="H100-80GB", tier=8,
                        predicted_ttft_ms=float("inf"))
     assert gpu.predicted_ttft_ms == float("inf")
+
+
+# ---- 13: a preset's name on other shapes -----------------------------------------------------
+
+
+def test_other_shapes_under_a_preset_name_do_not_get_its_profile(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from loraserve.models import PRESETS
+    from loraserve.profiles import CostModel
+
+    shapes = PRESETS["llama-3-8b"].model_dump(exclude_none=True)
+    shapes["num_layers"] = 4 * shapes["num_layers"]
+    config = load_config(config_file(tmp_path, base_raw(base_model=shapes)))
+    with caplog.at_level("WARNING"):
+        model = CostModel.from_config(config)
+    assert "shapes other than the preset" in caplog.text
+    assert model.profiles["H100-80GB"].source == "analytic"
+    preset = CostModel.from_config(load_config(config_file(tmp_path, base_raw(), "p.yaml")))
+    # Four times the layers: each step costs more than on the shipped profile's shapes.
+    assert (model.capacity("H100-80GB", 8).decode_tokens_per_s
+            < preset.capacity("H100-80GB", 8).decode_tokens_per_s)

@@ -224,8 +224,15 @@ def _cmd_watch(args: argparse.Namespace) -> int:
 
     def show(decision: Decision) -> None:
         worst = max(decision.utilization.values(), default=0.0)
-        _out(f"{time.strftime('%H:%M:%S')} {decision.action:<6} worst GPU {worst:.0%} of its "
-             f"limit; {decision.reason}")
+        reason = decision.reason.removeprefix(f"{decision.action}: ")
+        # The reason may already name the action and the worst GPU: say each once.
+        figure = "" if "worst GPU" in reason else f"worst GPU {worst:.0%} of its limit; "
+        _out(f"{time.strftime('%H:%M:%S')} {decision.action:<6} {figure}{reason}")
+
+    if args.once and args.patience > 1:
+        _out(f"note: --once keeps nothing between runs, so a saving re-plan (it needs "
+             f"--patience {args.patience} readings in a row) cannot fire; an SLO re-plan can. "
+             "Run watch without --once, or give --patience 1")
 
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
