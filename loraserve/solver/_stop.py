@@ -6,6 +6,7 @@ stop each phase (exact models, LNS steps, column generation) within a second.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import highspy
@@ -13,6 +14,8 @@ import pulp
 from ortools.sat.python import cp_model
 
 from loraserve._interrupt import stoppable
+
+logger = logging.getLogger(__name__)
 
 
 def cpsat_solve(solver: cp_model.CpSolver, model: cp_model.CpModel,
@@ -23,12 +26,14 @@ def cpsat_solve(solver: cp_model.CpSolver, model: cp_model.CpModel,
     over solves (LNS) never saw it; here the signal stays Python's and stops the search.
     """
     solver.parameters.catch_sigint_signal = False
+    logger.debug("cp-sat: solving")
     with stoppable(solver.stop_search):
         return solver.solve(model, callback)
 
 
 def highs_run(highs: highspy.Highs) -> None:
     """``highs.run()``, cancelled by a stop signal."""
+    logger.debug("highs: solving")
     with stoppable(highs.cancelSolve):
         highs.run()
 
@@ -42,5 +47,6 @@ def pulp_solve(problem: pulp.LpProblem, solver: Any) -> None:
         if highs is not None:
             highs.cancelSolve()
 
+    logger.debug("highs: solving %s", problem.name)
     with stoppable(cancel):
         problem.solve(solver)
