@@ -262,9 +262,14 @@ def solve(
         report(name, upper, best_bound)
     seconds = time.perf_counter() - started
     if incumbent is None:
+        # Say how long it really searched: heuristics that give up take milliseconds, and
+        # "in 30 s" read as if the time limit had been used.
+        hint = ("" if backend is not None else
+                "; an exact solver (--solver milp) decides whether a plan exists")
         return SolveResult(status="unknown", lower_bound=best_bound, seconds=seconds,
                            solver=name, binding=bound.binding,
-                           message=f"no plan found in {time_limit:g} s; {bound.message}")
+                           message=f"no plan found by {name} in {seconds:.2f} s (limit "
+                                   f"{time_limit:g} s){hint}; {bound.message}")
     plan = build_plan(inst, incumbent)
     if current is not None:
         if name == "loraserve-greedy" or from_scratch:

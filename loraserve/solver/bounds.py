@@ -211,5 +211,11 @@ def diagnose_infeasible(inst: Instance, time_limit: float = 10.0) -> tuple[str, 
         return worst[1], worst[2]
     total_need = sum(unlimited.counts.values())
     have = sum(pools.values())
-    return (f"load, slots and memory together need at least {total_need} GPUs; the pools hold "
-            f"{have} (short by {max(1, total_need - have)})", "pool")
+    if total_need > have:
+        return (f"load, slots and memory together need at least {total_need} GPUs; the pools "
+                f"hold {have} (short by {total_need - have})", "pool")
+    # The aggregate bound fits: what does not is whole adapters on whole GPUs, so there is no
+    # honest GPU count to name, only that the pools are too small for an assignment.
+    return (f"the pools hold {have} GPUs, as many as load, slots and memory need in aggregate "
+            f"({total_need}), but no assignment of whole adapters to them keeps every GPU's "
+            "slots, memory and SLO limit; add GPUs to the pools", "pool")
