@@ -220,7 +220,7 @@ def cases(draw: st.DrawFn) -> Case:
     }
     command = draw(st.sampled_from(["validate"] * 3 + ["verify"] * 3 + ["plan"] * 3
                                    + ["simulate"] * 2 + ["apply", "schema", "compare",
-                                                         "bogus"]))
+                                                         "capacity", "bogus"]))
     argv: list[str] = [command]
     if command == "validate":
         argv += ["config.yaml"]
@@ -265,6 +265,15 @@ def cases(draw: st.DrawFn) -> Case:
         argv += _number_flag(draw, "--duration", ["1"])
         if draw(st.booleans()):
             argv += _number_flag(draw, "--gpus", ["2", "4"])
+        if draw(st.booleans()):
+            argv += ["--csv", draw(DRAWN_OUTPUT)]
+    elif command == "capacity":
+        argv += ["config.yaml", "-q", "--policies", "loraserve", "--duration", "1",
+                 "--time-limit", "0.5"]
+        argv += ["--rates", *draw(st.lists(st.sampled_from(["0.5", "1", "2", "0", "nan",
+                                                              "1e7"]), min_size=1, max_size=2))]
+        if draw(st.booleans()):
+            argv += ["--trace", "trace.csv"]
         if draw(st.booleans()):
             argv += ["--csv", draw(DRAWN_OUTPUT)]
     else:
