@@ -264,6 +264,8 @@ class _Builder:
         raise self.fail(f"{_at(node)}: unexpected YAML node")  # pragma: no cover
 
     def scalar(self, node: yaml.ScalarNode, path: tuple[str | int, ...]) -> Any:
+        if node.tag == "tag:yaml.org,2002:str":
+            return node.value  # most scalars (ids, names): no constructor call needed
         constructor = self.scalars.yaml_constructors.get(node.tag)
         if constructor is None or node.tag == "tag:yaml.org,2002:binary":
             raise self.fail(f"{_where(path) or _at(node)}: YAML tag {clip(node.tag)} is not "

@@ -75,7 +75,9 @@ def _summary(result: ApplyResult) -> str:
             f"{figures['loads']} loads ({figures['mib_loaded']:.2f} MiB, "
             f"{figures['load_seconds']:.2f} s from first to last), {figures['unloads']} "
             f"unloads, {figures['routes']} routing changes, {figures['tier_changes']} restarts, "
-            f"{figures['gpus_started']} started, {figures['gpus_stopped']} stopped")
+            f"{figures['gpus_started']} started, {figures['gpus_stopped']} stopped"
+            + (f" (with the {result.stopped_adapters} adapters they held)"
+               if result.stopped_adapters else ""))
 
 
 def _cmd_apply(args: argparse.Namespace) -> int:

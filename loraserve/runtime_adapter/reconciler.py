@@ -133,6 +133,9 @@ class ApplyResult:
     unprobed : list of str
         Workers whose rank limit a dry run could not check: they expose no LoRA settings,
         and the probe that tells (loading an adapter) is a change a dry run does not make.
+    stopped_adapters : int
+        Adapters loaded on the workers the migration stops: they go with the worker, so no
+        unload step counts them.
     """
 
     run: str | None
@@ -145,6 +148,7 @@ class ApplyResult:
     problems: list[str] = field(default_factory=list)
     dry_run: bool = False
     unprobed: list[str] = field(default_factory=list)
+    stopped_adapters: int = 0
 
     def summary(self) -> dict[str, Any]:
         """Counts of the steps by kind, with the timing figures."""
@@ -917,8 +921,11 @@ async def apply_plan(target: PlacementPlan | None, inventory: Inventory, *,
                                                 probe=not dry_run)
         if on_plan is not None:
             on_plan(migration, resumed)
+        stopped = {s.gpu_id for s in migration.steps if s.action == "stop_gpu"}
         result = ApplyResult(run=None, migration=migration, resumed=resumed, dry_run=dry_run,
-                             unprobed=unprobed)
+                             unprobed=unprobed, stopped_adapters=sum(
+                                 len(info.adapters) for gpu_id, info in observed.models.items()
+                                 if gpu_id in stopped))
         if dry_run:
             return result
         if not migration.steps and interrupted is None:
