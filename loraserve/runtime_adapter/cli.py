@@ -232,9 +232,9 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         _out(f"{time.strftime('%H:%M:%S')} {decision.action:<6} {figure}{reason}")
 
     if args.once and args.patience > 1:
-        _out(f"note: --once keeps nothing between runs, so a saving re-plan (it needs "
+        sys.stderr.write(f"note: --once keeps nothing between runs, so a saving re-plan (it needs "
              f"--patience {args.patience} readings in a row) cannot fire; an SLO re-plan can. "
-             "Run watch without --once, or give --patience 1")
+             "Run watch without --once, or give --patience 1\n")
 
     if args.metrics_port is not None:
         from prometheus_client import start_http_server
