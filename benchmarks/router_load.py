@@ -48,8 +48,8 @@ async def _stand_in(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                          b"content-length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
             await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+        pass  # the client left, or the benchmark is over
     finally:
         writer.close()
 
@@ -94,6 +94,8 @@ def _serve(ready: mp.Queue, stop: mp.Event, folder: str) -> None:  # type: ignor
         ready.put(_rss_mib())
         serving.cancel()
         await router.stop()
+        for upstream in upstreams:
+            upstream.close()
 
     asyncio.run(main())
 
