@@ -358,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tracking_inputs(), tracking_writes() as written, signals_interrupt():
         try:
             code: int = args.func(args)
+            sys.stdout.flush()  # here, so that a reader gone early is handled below
         except ConfigError as exc:
             sys.stderr.write(f"error: {one_line(exc)}\n")
             return EXIT_USAGE
