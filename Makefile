@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 VLLM_VENV := .venv-vllm
 export LORASERVE_VLLM_PYTHON := $(abspath $(VLLM_VENV))/bin/python
 
-.PHONY: demo test test-fast lint bench clean vllm-env
+.PHONY: demo test test-fast lint bench fuzz clean vllm-env
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ test-fast: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-run
 	$(BIN)/python benchmarks/solver_scale.py
+
+# 10,000 generated CLI cases (configs, plans, inventories, traces, flags; valid and broken):
+# prints the count, the time and every broken promise. FUZZ_CASES=N for more or fewer.
+FUZZ_CASES ?= 10000
+fuzz: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/fuzz.py --cases $(FUZZ_CASES)
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) quickstart-plan.yaml .pytest_cache .mypy_cache .ruff_cache

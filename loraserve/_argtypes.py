@@ -27,6 +27,33 @@ def at_least_one(text: str) -> int:
     return _whole(text, 1, "at least 1")
 
 
+def seed(text: str) -> int:
+    """A random seed: a whole number from 0 to 2**31 - 1 (what every solver accepts)."""
+    value = _whole(text, 0, "0 or more")
+    if value > 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"must be below 2**31, got {text}")
+    return value
+
+
+def finite(text: str) -> float:
+    """A finite number (any sign)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    """A finite number, 0 or more."""
+    value = finite(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
 def _whole(text: str, least: int, wording: str) -> int:
     try:
         value = int(text)

@@ -10,13 +10,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
+from loraserve._argtypes import at_least_one as _at_least_one
 from loraserve._argtypes import count as _count
 from loraserve._argtypes import positive as _positive
+from loraserve._argtypes import seed as _seed
+from loraserve._interrupt import Interrupted, signals_interrupt
 from loraserve.models import (
     Config,
     ConfigError,
@@ -25,6 +29,14 @@ from loraserve.models import (
     load_config,
     plan_migration,
 )
+from loraserve.models.io import (
+    check_outputs,
+    one_line,
+    tracking_inputs,
+    tracking_writes,
+    write_atomic,
+)
+from loraserve.models.plan_check import check_current
 from loraserve.profiles import CostModel
 from loraserve.solver import SOLVERS, solve
 from loraserve.solver.progress import Progress, ProgressCallback
@@ -137,6 +149,11 @@ def _progress_printer(enabled: bool) -> ProgressCallback | None:
 def _cmd_plan(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     current = PlacementPlan.load(args.current) if args.current else None
+    if current is not None:
+        check_current(current, config, args.current, force=args.force)
+    # Before the solve: a bad target found after minutes of solving loses the plan.
+    check_outputs({"-o": args.output, "--migration": args.migration},
+                  {"config": args.config, "--current": args.current})
     if args.max_moves is not None and current is None:
         raise ConfigError("--max-moves needs --current PLAN (the plan the moves start from)")
     if args.migration and current is None:
@@ -177,7 +194,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     # state to avoid if the second write fails.
     if migration is not None and args.migration:
         migration.save(args.migration)
-        _out(f"migration written to {args.migration} ({len(migration.steps)} steps)")
+        _out(f"migration written to {args.migration} ({len(migration.steps)} steps; for "
+             "review: apply plans its own steps from the fleet it observes)")
     if args.output:
         plan.save(args.output)
         _out(f"plan written to {args.output}")
@@ -229,6 +247,11 @@ def _size_by_simulation(args: argparse.Namespace, config: Config,
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    # What plan checks next: a profile for every pool, readable profile files. A config that
+    # validates and then fails to plan is a broken promise.
+    from loraserve.profiles import CostModel
+
+    CostModel.from_config(config)
     ranks = sorted({a.rank for a in config.adapters})
     _out(f"{args.config}: valid: {len(config.adapters)} adapters (ranks {ranks}), "
          f"{config.total_request_rate:g} req/s, "
@@ -254,7 +277,8 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     schema = Config.model_json_schema()
     text = json.dumps(schema, indent=2)
     if args.output:
-        Path(args.output).write_text(text + "\n", encoding="utf-8")
+        check_outputs({"-o": args.output})
+        write_atomic(args.output, text + "\n")
     else:
         _out(text)
     return EXIT_OK
@@ -272,10 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("-o", "--output", help="write the plan YAML here")
     plan.add_argument("--solver", choices=SOLVERS, default="auto")
     plan.add_argument("--time-limit", type=_positive, default=30.0, help="seconds (default 30)")
-    plan.add_argument("--seed", type=int, default=0)
-    plan.add_argument("--threads", type=int, default=1)
+    plan.add_argument("--seed", type=_seed, default=0, help="seeds the solvers (default 0)")
+    plan.add_argument("--threads", type=_at_least_one, default=1,
+                      help="solver threads (default 1: the same input gives the same plan)")
     plan.add_argument("--current", metavar="PLAN",
                       help="re-plan from this running plan, moving as little as possible")
+    plan.add_argument("--force", action="store_true",
+                      help="with --current: re-plan even from a plan that shares under half "
+                           "its adapters with the config")
     plan.add_argument("--max-moves", type=_count, metavar="N",
                       help="with --current: at most N adapter loads")
     plan.add_argument("--migration", metavar="FILE",
@@ -316,19 +344,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; return the exit code."""
-    args = build_parser().parse_args(argv)
+    """Run the CLI; return the exit code.
+
+    Bad input exits 2 with one line on stderr, an infeasible problem or a failed check 1;
+    SIGINT or SIGTERM stops any phase within a second and exits 130 or 143 after saying
+    which files, if any, were written.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse's usage errors (2) and --help (0), already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        code: int = args.func(args)
-    except ConfigError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted; no files were written\n")
-        return 130
-    return code
+    with tracking_inputs(), tracking_writes() as written, signals_interrupt():
+        try:
+            code: int = args.func(args)
+            sys.stdout.flush()  # here, so that a reader gone early is handled below
+        except ConfigError as exc:
+            sys.stderr.write(f"error: {one_line(exc)}\n")
+            return EXIT_USAGE
+        except KeyboardInterrupt as exc:
+            name = exc.name if isinstance(exc, Interrupted) else "SIGINT"
+            what = ("no files were written" if not written
+                    else "only " + ", ".join(str(p) for p in written) + " written")
+            sys.stderr.write(f"interrupted ({name}); {what}\n")
+            return 128 + (exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
+        except BrokenPipeError:
+            # The reader went away (`loraserve verify ... | head -1`): nothing more to say,
+            # and Python's own flush at exit must not fail on the closed pipe either.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            return EXIT_FAIL
+        return code
 
 
 if __name__ == "__main__":

@@ -219,6 +219,7 @@ class DriftController:
         self.estimator = RateEstimator(self.policy.half_life_s)
         self._streak = 0
         self._last_replan = -math.inf
+        self._gauged: set[str] = set()  # GPUs with a utilization series
         self._unknown: set[str] = set()
         self.metrics.gpus.set(plan.num_gpus)
 
@@ -253,6 +254,10 @@ class DriftController:
         utilization = predicted_utilization(self.plan, config, model)
         for gpu_id, value in utilization.items():
             self.metrics.utilization.labels(gpu_id=gpu_id).set(value)
+        # A GPU that left the plan must not keep reporting its last figure.
+        for gone in self._gauged - set(utilization):
+            self.metrics.utilization.remove(gone)
+        self._gauged = set(utilization)
         worst_gpu = max(utilization, key=lambda g: utilization[g], default=None)
         worst = utilization[worst_gpu] if worst_gpu is not None else 0.0
         current_cost = self.plan.cost_per_hour(config) / _unit(config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from loraserve._argtypes import count, finite, positive
 from loraserve.drift.controller import DriftPolicy
 from loraserve.models import ConfigError
 
@@ -28,21 +29,21 @@ def add_policy_arguments(group: Any, half_life_default: float | None, half_life_
     ``"drift policy: "``).
     """
     defaults = DriftPolicy()
-    group.add_argument("--half-life", type=float, default=half_life_default, metavar="S",
+    group.add_argument("--half-life", type=positive, default=half_life_default, metavar="S",
                        help=f"{prefix}EWMA half-life of the rate estimates ({half_life_help})")
-    group.add_argument("--headroom", type=float, default=defaults.headroom,
+    group.add_argument("--headroom", type=finite, default=defaults.headroom,
                        help=f"{prefix}re-plan at once above this share of a GPU's SLO limit "
                             f"(default {defaults.headroom:g})")
-    group.add_argument("--min-saving", type=float, default=defaults.min_saving, metavar="N",
+    group.add_argument("--min-saving", type=finite, default=defaults.min_saving, metavar="N",
                        help=f"{prefix}GPUs (or cost/h) a re-plan must save (default "
                             f"{defaults.min_saving:g})")
     group.add_argument("--patience", type=int, default=defaults.patience, metavar="N",
                        help=f"{prefix}readings a saving must persist (default "
                             f"{defaults.patience})")
-    group.add_argument("--cooldown", type=float, default=defaults.cooldown_s, metavar="S",
+    group.add_argument("--cooldown", type=finite, default=defaults.cooldown_s, metavar="S",
                        help=f"{prefix}least seconds between saving-driven re-plans (default "
                             f"{defaults.cooldown_s:g})")
-    group.add_argument("--max-moves", type=int, default=None, metavar="N",
+    group.add_argument("--max-moves", type=count, default=None, metavar="N",
                        help=f"{prefix}most adapter loads per re-plan (default no cap)")
 
 

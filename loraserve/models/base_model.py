@@ -39,7 +39,7 @@ class BaseModelSpec(BaseModel):
         Total parameters; derived from the shapes when omitted.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, max_length=64)
     num_layers: int = Field(ge=1, le=512)

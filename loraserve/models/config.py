@@ -1,14 +1,17 @@
 """The validated planning input: workload, cluster, SLO and serving limits.
 
-One YAML file holds all of it; :func:`load_config` reads it with ``yaml.safe_load``, merges
-adapters from an optional CSV file, and validates everything into a :class:`Config`. Any
-problem is raised as :class:`ConfigError` whose message is one line naming the field.
+One YAML file holds all of it; :func:`load_config` reads it through
+:mod:`loraserve.models.io`, merges adapters from an optional CSV file, and validates everything
+into a :class:`Config`. Any problem is raised as :class:`ConfigError` whose message is one
+line naming the field.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -29,7 +32,16 @@ from loraserve.models.base_model import (
     BaseModelSpec,
     TargetModule,
 )
+from loraserve.models.io import (
+    ConfigError,
+    clip,
+    format_validation_error,
+    read_text,
+    read_yaml,
+)
 from loraserve.models.topology import Topology, TopologySpec, build_topology
+
+__all__ = ["ConfigError", "format_validation_error"]  # re-exported: their old home
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +49,11 @@ logger = logging.getLogger(__name__)
 Rank = Literal[8, 16, 32, 64, 128, 256, 320, 512]
 ADMISSIBLE_RANKS: tuple[int, ...] = tuple(get_args(Rank))
 
+#: Most requests per second one adapter may have (any more is a typo, not a workload).
+MAX_REQUEST_RATE = 1e6
+
 #: Bytes in a GiB.
 GiB = 1024**3
-
-
-class ConfigError(ValueError):
-    """A configuration problem, described in one line that names the field and the fix."""
 
 
 class Adapter(BaseModel):
@@ -62,11 +73,11 @@ class Adapter(BaseModel):
         Linear modules the adapter modifies.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", frozen=True)
 
     id: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$")
     rank: Rank
-    request_rate: float = Field(ge=0.0, le=1e6)
+    request_rate: float = Field(ge=0.0, le=MAX_REQUEST_RATE)
     prompt_tokens: float = Field(gt=0.0, le=1e6)
     output_tokens: float = Field(gt=0.0, le=1e6)
     target_modules: tuple[TargetModule, ...] = ALL_LINEAR_MODULES
@@ -96,7 +107,7 @@ class Adapter(BaseModel):
 class AdapterDefaults(BaseModel):
     """Values an adapter takes when its own entry leaves them out."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", frozen=True)
 
     prompt_tokens: float = Field(default=1024.0, gt=0.0, le=1e6)
     output_tokens: float = Field(default=256.0, gt=0.0, le=1e6)
@@ -120,7 +131,7 @@ class GPUPool(BaseModel):
         GPUs that share a node.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", frozen=True)
 
     gpu_type: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     count: int = Field(ge=1, le=100_000)
@@ -142,7 +153,7 @@ class SLO(BaseModel):
         The percentile both targets apply at, in (50, 100).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", frozen=True)
 
     ttft_ms: float = Field(gt=0.0, le=600_000.0)
     tpot_ms: float = Field(gt=0.0, le=60_000.0)
@@ -185,7 +196,7 @@ class ServingLimits(BaseModel):
         default; False gives the compute-only model, whose plans can miss the SLO.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", frozen=True)
 
     max_loras: int = Field(default=16, ge=1, le=4096)
     max_cpu_loras: int | None = Field(default=None, ge=1, le=100_000)
@@ -232,7 +243,7 @@ class Config(BaseModel):
     resolved: defaults are applied before validation.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", frozen=True)
 
     base_model: BaseModelSpec
     slo: SLO
@@ -324,7 +335,19 @@ class Config(BaseModel):
         return Config.model_validate(data)
 
     def scaled(self, factor: float) -> Config:
-        """Return a copy with every adapter's request rate multiplied by ``factor``."""
+        """Return a copy with every adapter's request rate multiplied by ``factor``.
+
+        Raises
+        ------
+        ConfigError
+            When ``factor`` puts an adapter's rate outside what a config may hold.
+        """
+        limit = MAX_REQUEST_RATE
+        hottest = max(self.adapters, key=lambda a: a.request_rate)
+        if not math.isfinite(factor) or factor < 0 or hottest.request_rate * factor > limit:
+            raise ConfigError(f"rate scale {factor:g} puts adapter {clip(hottest.id)} at "
+                              f"{hottest.request_rate * factor:g} req/s; the most a config may "
+                              f"hold is {limit:g} req/s per adapter")
         return self.with_adapters(
             [a.model_copy(update={"request_rate": a.request_rate * factor}) for a in self.adapters]
         )
@@ -338,41 +361,6 @@ class Config(BaseModel):
         return yaml.safe_dump(data, sort_keys=False)
 
 
-def _location(loc: tuple[int | str, ...], raw: Mapping[str, Any]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif item in {"function-after", "function-before", "function-plain"} or "[" in item:
-            continue
-        else:
-            parts.append(("." if parts else "") + item)
-    text = "".join(parts)
-    if len(loc) >= 2 and loc[0] == "adapters" and isinstance(loc[1], int):
-        adapters = raw.get("adapters")
-        if isinstance(adapters, list) and loc[1] < len(adapters):
-            entry = adapters[loc[1]]
-            if isinstance(entry, Mapping) and "id" in entry and loc[2:3] != ("id",):
-                text += f" (id '{entry['id']}')"
-    return text
-
-
-def format_validation_error(error: ValidationError, raw: Mapping[str, Any], source: str) -> str:
-    """Render the first validation problem as one line: ``source: field: message``."""
-    first = error.errors(include_url=False)[0]
-    where = _location(tuple(first["loc"]), raw)
-    message = str(first["msg"]).removeprefix("Value error, ")
-    if first["type"] == "missing":
-        message = "is required"
-    elif first["type"] == "extra_forbidden":
-        message = "is not a known field; check its spelling against `loraserve schema`"
-    elif first["type"] == "literal_error" and where.endswith("rank"):
-        message = f"{message} (got {first.get('input')!r})"
-    elif "input" in first and first["type"] not in {"value_error", "assertion_error"}:
-        message = f"{message} (got {first['input']!r})"
-    return f"{source}: {where}: {message}" if where else f"{source}: {message}"
-
-
 _CSV_NUMBERS = {"rank": int, "request_rate": float, "prompt_tokens": float, "output_tokens": float}
 
 
@@ -382,37 +370,53 @@ def read_adapters_csv(path: Path) -> list[dict[str, Any]]:
     ``target_modules``, when present, separates module names with ``;``.
     """
     try:
-        handle = path.open(newline="", encoding="utf-8")
-    except FileNotFoundError:
+        text = read_text(path, "a CSV file")
+    except ConfigError as exc:
+        if "file not found" not in str(exc):
+            raise ConfigError(f"adapters_csv: {exc}") from None
         raise ConfigError(
             f"adapters_csv: file '{path}' not found; paths are relative to the config file"
         ) from None
-    with handle:
-        reader = csv.DictReader(handle)
-        required = {"id", "rank", "request_rate"}
-        header = set(reader.fieldnames or [])
-        if not required <= header:
-            missing = ", ".join(sorted(required - header))
-            raise ConfigError(f"adapters_csv: '{path}' lacks column(s) {missing}; add them")
-        rows: list[dict[str, Any]] = []
-        for line, row in enumerate(reader, start=2):
-            entry: dict[str, Any] = {}
-            for key, value in row.items():
-                if key is None or value is None or value.strip() == "":
-                    continue
-                value = value.strip()
-                if key == "target_modules":
-                    entry[key] = [m.strip() for m in value.split(";") if m.strip()]
-                elif key in _CSV_NUMBERS:
-                    try:
-                        entry[key] = _CSV_NUMBERS[key](value)
-                    except ValueError:
-                        raise ConfigError(
-                            f"adapters_csv: '{path}' line {line}: {key} '{value}' is not a number"
-                        ) from None
-                else:
-                    entry[key] = value
-            rows.append(entry)
+    try:
+        return _adapter_rows(path, text)
+    except csv.Error as exc:
+        raise ConfigError(f"adapters_csv: '{path}': not a readable CSV ({exc})") from None
+
+
+def _adapter_rows(path: Path, text: str) -> list[dict[str, Any]]:
+    """The rows of an ``adapters_csv`` file's ``text``, numbers parsed and checked finite."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    required = {"id", "rank", "request_rate"}
+    header = set(reader.fieldnames or [])
+    if not required <= header:
+        missing = ", ".join(sorted(required - header))
+        raise ConfigError(f"adapters_csv: '{path}' lacks column(s) {missing}; add them")
+    rows: list[dict[str, Any]] = []
+    for line, row in enumerate(reader, start=2):
+        entry: dict[str, Any] = {}
+        for key, value in row.items():
+            if key is None or value is None or value.strip() == "":
+                continue
+            value = value.strip()
+            if key == "target_modules":
+                entry[key] = [m.strip() for m in value.split(";") if m.strip()]
+            elif key in _CSV_NUMBERS:
+                try:
+                    number = _CSV_NUMBERS[key](value)
+                except ValueError:
+                    raise ConfigError(
+                        f"adapters_csv: '{path}' line {line}: {key} {clip(value)} is not a "
+                        "number"
+                    ) from None
+                if not math.isfinite(number):
+                    raise ConfigError(
+                        f"adapters_csv: '{path}' line {line}: {key} {clip(value)} is not a "
+                        "finite number; give a number"
+                    )
+                entry[key] = number
+            else:
+                entry[key] = value
+        rows.append(entry)
     return rows
 
 
@@ -439,6 +443,9 @@ def config_from_mapping(
     if not isinstance(raw, Mapping):
         kind = type(raw).__name__
         raise ConfigError(f"{source}: the document must be a mapping of fields, not {kind}")
+    if "routes" in raw and "gpus" in raw and "adapters" not in raw:
+        raise ConfigError(f"{source}: is a plan, not a config; give the config YAML (a plan "
+                          "goes after it, as in loraserve verify CONFIG PLAN)")
     base_dir = base_dir or Path.cwd()
     data = dict(raw)
     try:
@@ -447,7 +454,11 @@ def config_from_mapping(
         prefixed = {"adapter_defaults": raw.get("adapter_defaults")}
         line = format_validation_error(exc, prefixed, source)
         raise ConfigError(line.replace(f"{source}: ", f"{source}: adapter_defaults.", 1)) from None
-    entries = list(data.get("adapters") or [])
+    listed = data.get("adapters")
+    if listed is not None and not isinstance(listed, list):
+        raise ConfigError(f"{source}: adapters: give a list of adapters (each with id, rank, "
+                          f"request_rate), not {clip(listed)}")
+    entries = list(listed or [])
     csv_path = data.pop("adapters_csv", None)
     if csv_path is not None:
         if not isinstance(csv_path, str):
@@ -476,6 +487,9 @@ def config_from_mapping(
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc, {**data}, source)) from None
     for path in config.profiles:
+        if path.is_dir():
+            raise ConfigError(f"{source}: profiles: '{path}' is a folder; give a profile "
+                              "YAML file")
         if not path.is_file():
             raise ConfigError(f"{source}: profiles: file '{path}' not found")
     return config
@@ -499,29 +513,7 @@ def load_config(path: str | Path) -> Config:
         One line naming the file, the field and the fix.
     """
     path = Path(path)
-    raw = read_yaml_file(path, "the YAML file")
+    raw = read_yaml(path, "the config YAML file")
     if raw is None:
         raise ConfigError(f"{path}: the file is empty; see examples/quickstart.yaml")
     return config_from_mapping(raw, base_dir=path.parent, source=str(path))
-
-
-def read_yaml_file(path: str | Path, what: str) -> Any:
-    """The parsed YAML of ``path``; :class:`ConfigError` (one line) when it cannot be read.
-
-    ``what`` names the file the caller wants, for the message when ``path`` is a folder.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder; give {what}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: YAML syntax error{where}: {problem}") from None
-

@@ -48,8 +48,8 @@ import pulp
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from loraserve.models._files import parse_yaml, read_text, write_atomic
 from loraserve.models.config import Config
+from loraserve.models.io import parse_model, read_text, write_atomic
 from loraserve.models.plan import TOLERANCE, GPUPlacement, PlacementPlan, _natural_key
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class MigrationStep(BaseModel):
         Why the step is there, for people reading the plan.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(allow_inf_nan=False, frozen=True, extra="forbid")
 
     action: Action
     gpu_id: str | None = None
@@ -168,7 +168,7 @@ class MigrationPlan(BaseModel):
         The operations, to be executed in order.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
 
     format_version: Literal[1] = 1
     steps: list[MigrationStep] = Field(default_factory=list)
@@ -310,7 +310,7 @@ class MigrationPlan(BaseModel):
         ConfigError
             One line naming the field when the text is not a valid migration.
         """
-        return parse_yaml(cls, text, source, "a migration must be a mapping with a steps list")
+        return parse_model(cls, text, source, "a migration must be a mapping with a steps list")
 
     def save(self, path: str | Path) -> None:
         """Write the migration to ``path`` atomically (a failed write leaves the old file).

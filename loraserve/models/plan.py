@@ -11,8 +11,8 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from loraserve.models._files import parse_yaml, read_text, write_atomic
 from loraserve.models.config import Adapter, Config
+from loraserve.models.io import parse_model, read_text, write_atomic
 
 if TYPE_CHECKING:
     from loraserve.profiles.capacity import CostModel
@@ -103,7 +103,7 @@ class PlacementPlan(BaseModel):
         the config's topology). Empty for replication-only plans.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     format_version: Literal[1] = 1
     base_model: str
@@ -168,7 +168,7 @@ class PlacementPlan(BaseModel):
         ConfigError
             One line naming the field when the text is not a valid plan.
         """
-        return parse_yaml(cls, text, source, "a plan must be a mapping with gpus and routes")
+        return parse_model(cls, text, source, "a plan must be a mapping with gpus and routes")
 
     def save(self, path: str | Path) -> None:
         """Write the plan to ``path`` atomically (a failed write leaves the old file intact)."""
@@ -349,6 +349,13 @@ def _verify(plan: PlacementPlan, config: Config, model: CostModel) -> list[Viola
                                       message="adapter has no route", excess=1.0))
             continue
         total = sum(split.values())
+        if not all(math.isfinite(w) for w in split.values()):
+            # NaN compares false with everything: without this a NaN share passed every check.
+            bad = next(g for g, w in split.items() if not math.isfinite(w))
+            problems.append(Violation(constraint="routing", subject=adapter_id,
+                                      message=f"weight {split[bad]} on {bad} is not a number "
+                                      "between 0 and 1", excess=1.0))
+            continue
         if abs(total - 1.0) > TOLERANCE:
             problems.append(Violation(constraint="routing", subject=adapter_id,
                                       message=f"routing weights sum to {total:.6f}, not 1",

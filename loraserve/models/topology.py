@@ -49,7 +49,7 @@ class LinkSpec(BaseModel):
         Bandwidth per direction in gigabits per second.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", frozen=True)
 
     between: tuple[str, str]
     gbit_per_s: float = Field(gt=0.0, le=1e6)
@@ -93,7 +93,7 @@ class TopologySpec(BaseModel):
         serves remote pairs keeps free in its adapter cache for fetched weights.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", frozen=True)
 
     nic_gbit_per_s: float = Field(gt=0.0, le=1e6)
     intra_node: Literal["nvlink", "pcie"] = "nvlink"

@@ -8,6 +8,7 @@ draws ranks from a rank mix, independently of popularity.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 from collections.abc import Mapping
@@ -18,11 +19,15 @@ import numpy as np
 import pandas as pd
 
 from loraserve.models.config import ADMISSIBLE_RANKS, Adapter, ConfigError, Rank
+from loraserve.models.io import clip, read_text
 
 logger = logging.getLogger(__name__)
 
 #: Columns of the Azure LLM inference trace CSV files.
 AZURE_COLUMNS: tuple[str, str, str] = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+
+#: Most tokens a trace row may carry: the config's own bound on an adapter's token means.
+MAX_TRACE_TOKENS = 1_000_000
 
 #: Share of adapters per rank in trace workloads: most fine-tunes are small, a few reach 256.
 TRACE_RANK_MIX: dict[int, float] = {8: 0.35, 16: 0.25, 32: 0.15, 64: 0.12, 128: 0.08, 256: 0.05}
@@ -58,12 +63,10 @@ def load_azure_trace(
         token counts that are not non-negative integers.
     """
     path = Path(path)
-    if not path.is_file():
-        what = "is a folder; give the CSV file" if path.is_dir() else "file not found"
-        raise ConfigError(f"{path}: {what}")
+    text = read_text(path, "the trace CSV file")
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"{path}: not a readable CSV ({first})") from None
     raw.columns = [str(c).strip() for c in raw.columns]
@@ -81,8 +84,8 @@ def load_azure_trace(
     if bool(stamps.isna().any()):
         line = int(np.flatnonzero(stamps.isna().to_numpy())[0])
         raise ConfigError(
-            f"{path}: line {line + 2}: TIMESTAMP {raw['TIMESTAMP'].iloc[line]!r} is not a date "
-            "and time"
+            f"{path}: line {line + 2}: TIMESTAMP {clip(raw['TIMESTAMP'].iloc[line])} is not a "
+            "date and time"
         )
     if unsorted == "error":
         ns = stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64)
@@ -90,8 +93,8 @@ def load_azure_trace(
         if back.size:
             line = int(back[0]) + 1
             raise ConfigError(
-                f"{path}: line {line + 2}: TIMESTAMP {raw['TIMESTAMP'].iloc[line]!r} is earlier "
-                f"than the row before it; sort the file by TIMESTAMP"
+                f"{path}: line {line + 2}: TIMESTAMP {clip(raw['TIMESTAMP'].iloc[line])} is "
+                "earlier than the row before it; sort the file by TIMESTAMP"
             )
     tokens: dict[str, np.ndarray] = {}
     for column, name in (("ContextTokens", "prompt_tokens"), ("GeneratedTokens", "output_tokens")):
@@ -100,8 +103,14 @@ def load_azure_trace(
         if not bool(ok.all()):
             line = int(np.flatnonzero(~ok.to_numpy())[0])
             raise ConfigError(
-                f"{path}: line {line + 2}: {column} {raw[column].iloc[line]!r} is not a "
+                f"{path}: line {line + 2}: {column} {clip(raw[column].iloc[line])} is not a "
                 "non-negative whole number"
+            )
+        if bool((values > MAX_TRACE_TOKENS).any()):
+            line = int(np.flatnonzero((values > MAX_TRACE_TOKENS).to_numpy())[0])
+            raise ConfigError(
+                f"{path}: line {line + 2}: {column} {clip(raw[column].iloc[line])} is more "
+                f"than {MAX_TRACE_TOKENS:,} tokens; check the row"
             )
         tokens[name] = values.to_numpy(dtype=np.int64)
     frame = pd.DataFrame({"stamp": stamps, **tokens})

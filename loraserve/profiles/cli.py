@@ -15,6 +15,7 @@ from typing import Any
 
 from loraserve.models import ConfigError
 from loraserve.models.base_model import ALL_LINEAR_MODULES
+from loraserve.models.io import check_outputs
 
 EXIT_OK, EXIT_FAIL = 0, 1
 
@@ -108,6 +109,15 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         args.context_tokens = 1024
     profiler = _profiler()
     spec = profiler.load_model_spec(args.model)
+    # The targets are checked before minutes of measuring, not after.
+    output = Path(args.output)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"-o {output}: cannot create its folder "
+                          f"({exc.strerror or exc})") from None
+    check_outputs({"-o": output, "the raw CSV": profiler.raw_csv_path(output)},
+                  {"--model": args.model if Path(args.model).is_file() else None})
     settings = profiler.ProfilerSettings(
         base_model=spec, tiers=args.tiers, batch_sizes=args.batch_sizes,
         prefill_tokens=args.prefill_tokens, load_ranks=args.load_ranks,
@@ -120,8 +130,6 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         grouped=not args.no_grouped, cuda_graphs=not args.no_cuda_graphs, device=args.device,
         gpu_type=args.gpu_type, seed=args.seed, command=_command(args))
     run = profiler.measure(settings, progress=_progress(args))
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     raw = run.save(output)
     profile = run.profile
     _out(_summary(profile, run.measurements))

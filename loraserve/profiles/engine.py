@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 
 from loraserve.models import BaseModelSpec, ConfigError
-from loraserve.models._files import write_atomic
 from loraserve.models.base_model import TargetModule
 from loraserve.models.config import ADMISSIBLE_RANKS
+from loraserve.models.io import write_atomic
 from loraserve.profiles.fitting import gpu_type_from_name, isotonic, isotonic_table
 from loraserve.profiles.schema import Profile, TierProfile
 

@@ -7,11 +7,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import yaml
 from pydantic import ValidationError
 
 from loraserve.models import PRESETS, BaseModelSpec, ConfigError
 from loraserve.models.config import format_validation_error
+from loraserve.models.io import read_yaml
 
 
 def isotonic(values: Sequence[float]) -> list[float]:
@@ -84,10 +84,7 @@ def load_model_spec(name_or_path: str) -> BaseModelSpec:
     if not path.is_file():
         raise ConfigError(f"--model: '{name_or_path}' is neither a preset "
                           f"({', '.join(sorted(PRESETS))}) nor a YAML file of shapes")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
+    raw = read_yaml(path, "a YAML file of model shapes")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a model spec must be a mapping of shapes (name, num_layers, "
                           "hidden_size, ...)")

@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from loraserve.models import BaseModelSpec, ConfigError
+from loraserve.models import PRESETS, BaseModelSpec, ConfigError
 from loraserve.profiles.analytic import GPU_SPECS, SHIPPED_DIR, analytic_profile
 from loraserve.profiles.schema import Profile
 
@@ -74,14 +74,25 @@ def find_profile(
         profile = load_profile(path)
         if profile.gpu_type == gpu_type and profile.base_model == base_model.name:
             return profile
-    for suffix in (".measured.yaml", ".yaml"):
-        path = shipped_dir / gpu_type / f"{base_model.name}{suffix}"
-        if path.is_file():
-            logger.debug("profile for %s on %s: %s", base_model.name, gpu_type, path)
-            return load_profile(path)
+    preset = PRESETS.get(base_model.name)
+    if preset is not None and preset != base_model:
+        # A shipped profile is named after a preset and priced for its shapes; other shapes
+        # under that name would be planned with the wrong costs, silently.
+        logger.warning("base_model '%s' has shapes other than the preset of that name; the "
+                       "shipped %s profile does not apply, so an analytic one is derived from "
+                       "your shapes (rename the model, or measure it with loraserve profile)",
+                       base_model.name, gpu_type)
+    else:
+        for suffix in (".measured.yaml", ".yaml"):
+            path = shipped_dir / gpu_type / f"{base_model.name}{suffix}"
+            if path.is_file():
+                logger.debug("profile for %s on %s: %s", base_model.name, gpu_type, path)
+                return load_profile(path)
     if gpu_type in GPU_SPECS:
-        logger.info("no shipped profile for %s on %s; deriving an analytic one",
-                    base_model.name, gpu_type)
+        if preset is None:
+            logger.warning("no profile for base model '%s' on %s: an analytic one is derived "
+                           "from datasheet figures; measure one with loraserve profile for "
+                           "figures you can trust", base_model.name, gpu_type)
         return analytic_profile(base_model, GPU_SPECS[gpu_type])
     known = ", ".join(sorted(GPU_SPECS))
     raise ConfigError(

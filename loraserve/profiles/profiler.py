@@ -62,9 +62,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (torch's own convention)
 
 from loraserve.models import PRESETS, BaseModelSpec, ConfigError
-from loraserve.models._files import write_atomic
 from loraserve.models.base_model import ALL_LINEAR_MODULES, TargetModule
 from loraserve.models.config import ADMISSIBLE_RANKS
+from loraserve.models.io import read_text, write_atomic
 from loraserve.profiles.fitting import (
     gpu_type_from_name,
     isotonic,
@@ -386,8 +386,10 @@ def read_measurements(path: str | Path) -> list[Measurement]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+        text = read_text(path, "a raw-measurement CSV file")
+    except ConfigError as exc:
+        if str(exc) != f"{path}: file not found":
+            raise
         raise ConfigError(f"{path}: raw measurements not found; `loraserve profile` writes "
                           "them beside the profile") from None
     rows: list[Measurement] = []

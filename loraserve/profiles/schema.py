@@ -36,13 +36,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from loraserve.models import ConfigError
 from loraserve.models.base_model import ALL_LINEAR_MODULES, TargetModule
-from loraserve.models.config import format_validation_error
+from loraserve.models.io import format_validation_error, read_yaml
 
 
 class TierProfile(BaseModel):
     """Latencies of one rank tier, on the profile's grids."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", frozen=True)
 
     decode_ms: tuple[float, ...]
     prefill_ms: tuple[float, ...]
@@ -86,7 +86,7 @@ class Profile(BaseModel):
         with the engine for the CPU); :meth:`decode_ms` includes them. 0 when not measured.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", frozen=True)
 
     format_version: Literal[1] = 1
     gpu_type: str
@@ -200,12 +200,11 @@ class Profile(BaseModel):
         """
         path = Path(path)
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: profile file not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: YAML syntax error in profile: "
-                              f"{getattr(exc, 'problem', exc)}") from None
+            raw = read_yaml(path, "a profile YAML file")
+        except ConfigError as exc:
+            if str(exc) == f"{path}: file not found":
+                raise ConfigError(f"{path}: profile file not found") from None
+            raise
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a profile must be a mapping")
         try:

@@ -48,9 +48,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from loraserve.models import ConfigError
+from loraserve.models.io import read_yaml
 
 #: Names of the SLO families, as ``binding``, ``verify`` and messages spell them.
 TPOT_TAIL = "tpot_tail"
@@ -107,10 +106,7 @@ class SloCalibration:
 @lru_cache(maxsize=8)
 def _read_calibration(path: Path, mtime: float) -> dict[str, Any]:
     del mtime  # part of the cache key only
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path.name}: cannot read the SLO calibration ({exc})") from None
+    raw = read_yaml(path, "the SLO calibration")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path.name}: the SLO calibration must be a mapping")
     return raw

@@ -34,7 +34,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from loraserve.models import ConfigError
-from loraserve.models.config import Rank, format_validation_error, read_yaml_file
+from loraserve.models.config import Rank
+from loraserve.models.io import format_validation_error, read_yaml
 from loraserve.runtime_adapter.client import Timeouts
 
 _ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
@@ -72,7 +73,7 @@ class WorkerSpec(BaseModel):
         for a worker that a plan gives remote pairs; readable here at the same path.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", frozen=True)
 
     gpu_id: str = Field(min_length=1, max_length=128, pattern=_ID_PATTERN)
     url: str
@@ -139,7 +140,7 @@ class LauncherSpec(BaseModel):
     worker is (re)starting; apply then waits up to ``ready_timeout_s`` for ``/health``.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", frozen=True)
 
     start: tuple[str, ...] | None = None
     restart: tuple[str, ...] | None = None
@@ -172,7 +173,7 @@ def _check_placeholders(text: str) -> None:
 class TimeoutSpec(BaseModel):
     """Per-request limits of the worker client, in seconds."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", frozen=True)
 
     connect_s: float = Field(default=3.0, gt=0.0, le=600.0)
     read_s: float = Field(default=30.0, gt=0.0, le=3600.0)
@@ -216,7 +217,7 @@ class Inventory(BaseModel):
         Commands that start, restart and stop workers.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid", frozen=True)
 
     workers: tuple[WorkerSpec, ...] = Field(min_length=1)
     adapter_roots: tuple[Path, ...] = Field(min_length=1)
@@ -335,6 +336,16 @@ def _resolve(inventory: Inventory, base_dir: Path, source: str) -> Inventory:
                               "roots; move it under one of adapter_roots or add its directory "
                               "there")
         adapters[name] = full
+    for field_name in ("routes_file", "journal"):
+        # Written by apply and read by the router: a folder or a missing folder found only at
+        # the first route step would leave a half-migrated fleet.
+        target = absolute(getattr(inventory, field_name))
+        if target.is_dir():
+            raise ConfigError(f"{source}: {field_name}: '{target}' is a folder; give a file "
+                              "name")
+        if not target.parent.is_dir():
+            raise ConfigError(f"{source}: {field_name}: the folder '{target.parent}' does not "
+                              "exist; create it first")
     return inventory.model_copy(update={
         "workers": tuple(workers), "adapter_roots": roots, "adapters": adapters,
         "routes_file": absolute(inventory.routes_file),
@@ -369,5 +380,5 @@ def load_inventory(path: str | Path) -> Inventory:
         One line naming the file, the field and the fix.
     """
     path = Path(path)
-    raw = read_yaml_file(path, "the inventory YAML file")
+    raw = read_yaml(path, "the inventory YAML file")
     return inventory_from_mapping(raw, path.resolve().parent, source=str(path))

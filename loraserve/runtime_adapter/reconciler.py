@@ -60,6 +60,7 @@ from loraserve.runtime_adapter.errors import (
     RankTooHighError,
     RuntimeAdapterError,
     UnreachableError,
+    WorkerError,
 )
 from loraserve.runtime_adapter.inventory import (
     Inventory,
@@ -129,6 +130,12 @@ class ApplyResult:
         matches).
     dry_run : bool
         Nothing was changed.
+    unprobed : list of str
+        Workers whose rank limit a dry run could not check: they expose no LoRA settings,
+        and the probe that tells (loading an adapter) is a change a dry run does not make.
+    stopped_adapters : int
+        Adapters loaded on the workers the migration stops: they go with the worker, so no
+        unload step counts them.
     """
 
     run: str | None
@@ -140,6 +147,8 @@ class ApplyResult:
     bytes_loaded: int = 0
     problems: list[str] = field(default_factory=list)
     dry_run: bool = False
+    unprobed: list[str] = field(default_factory=list)
+    stopped_adapters: int = 0
 
     def summary(self) -> dict[str, Any]:
         """Counts of the steps by kind, with the timing figures."""
@@ -469,14 +478,20 @@ class Reconciler:
         return _Observed(observed.normalized(), models, repairs)
 
     async def check_ranks(self, target: PlacementPlan, observed: _Observed,
-                          ranks: dict[str, int], tiers: dict[str, int]) -> None:
+                          ranks: dict[str, int], tiers: dict[str, int],
+                          probe: bool = True) -> list[str]:
         """Check each worker can load the highest-rank adapter the plan gives it.
+
+        With ``probe`` False (a dry run) only workers that expose their LoRA settings are
+        checked; the others are returned, unchecked, sorted.
 
         Raises
         ------
         RankTooHighError, AdapterNotFoundError, WorkerError
             With the worker named.
         """
+        unprobed: list[str] = []
+
         async def check(gpu: GPUPlacement) -> None:
             if gpu.gpu_id not in observed.models or not gpu.adapters:
                 return  # started or restarted by the launcher: checked when it comes up
@@ -498,6 +513,9 @@ class Reconciler:
             proven = [ranks.get(a, 0) for a in observed.models[gpu.gpu_id].adapters]
             if proven and max(proven) >= ranks[top]:
                 return  # it already serves an adapter of that rank
+            if not probe:
+                unprobed.append(gpu.gpu_id)
+                return
             path = str(self.inventory.adapter_path(top))
             try:
                 await client.load(RANK_PROBE, path)
@@ -511,6 +529,30 @@ class Reconciler:
                 await client.unload(RANK_PROBE)
 
         await asyncio.gather(*(check(gpu) for gpu in target.gpus))
+        return sorted(unprobed)
+
+    async def check_router(self) -> None:
+        """Check up front that the router answers (when the inventory names one).
+
+        Without this a run with no router loaded adapters and then waited the whole drain
+        timeout at its first routing step.
+
+        Raises
+        ------
+        WorkerError
+            The router does not answer, with what to do.
+        """
+        if self.router is None:
+            return
+        try:
+            response = await self.router.get("/loraserve/state")
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            raise WorkerError(f"the router at {self.inventory.router_url} does not answer "
+                              f"({type(exc).__name__}); start it first (loraserve route "
+                              f"--plan {self.inventory.routes_file} --workers INVENTORY; it "
+                              "waits for the routes file), or drop router_url from the "
+                              "inventory") from None
 
     # ---- the routing table and the router ------------------------------------------------
 
@@ -809,8 +851,10 @@ async def apply_plan(target: PlacementPlan | None, inventory: Inventory, *,
     inventory : Inventory
         The fleet.
     dry_run : bool
-        Check and plan only: nothing is loaded, unloaded, routed or journaled (and the rank
-        probe is skipped).
+        Check and plan only: nothing is loaded, unloaded, routed or journaled. Every check
+        that changes nothing runs (the router answers, the workers' LoRA settings where they
+        expose them); the rank probe, which loads an adapter, does not, and
+        :attr:`ApplyResult.unprobed` names the workers it would have checked.
     rollback : bool
         Instead of ``target``, return to the state the journal's interrupted run started from.
     on_plan : callable, optional
@@ -872,11 +916,16 @@ async def apply_plan(target: PlacementPlan | None, inventory: Inventory, *,
                               f"{exc}") from None
         migration = _with_disk_sizes(MigrationPlan(steps=observed.repairs + planned.steps), sizes)
         resumed = interrupted.run if interrupted is not None else None
-        if not dry_run:
-            await reconciler.check_ranks(target, observed, ranks, tiers)
+        await reconciler.check_router()
+        unprobed = await reconciler.check_ranks(target, observed, ranks, tiers,
+                                                probe=not dry_run)
         if on_plan is not None:
             on_plan(migration, resumed)
-        result = ApplyResult(run=None, migration=migration, resumed=resumed, dry_run=dry_run)
+        stopped = {s.gpu_id for s in migration.steps if s.action == "stop_gpu"}
+        result = ApplyResult(run=None, migration=migration, resumed=resumed, dry_run=dry_run,
+                             unprobed=unprobed, stopped_adapters=sum(
+                                 len(info.adapters) for gpu_id, info in observed.models.items()
+                                 if gpu_id in stopped))
         if dry_run:
             return result
         if not migration.steps and interrupted is None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loraserve.models import ConfigError, PlacementPlan
-from loraserve.models._files import write_atomic
+from loraserve.models.io import read_text, write_atomic
 
 
 def digest(text: str) -> str:
@@ -63,8 +63,10 @@ def read_table(path: str | Path) -> RoutingTable:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
+        text = read_text(path, "a plan file")
+    except ConfigError as exc:
+        if str(exc) != f"{path}: file not found":
+            raise
         raise ConfigError(f"{path}: file not found; run loraserve apply first, or give a "
                           "plan file") from None
     plan = PlacementPlan.from_yaml(text, source=str(path))

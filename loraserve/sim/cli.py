@@ -20,9 +20,12 @@ from typing import Any
 import pandas as pd
 
 from loraserve._argtypes import at_least_one as _gpus
+from loraserve._argtypes import non_negative as _non_negative
 from loraserve._argtypes import positive as _positive
+from loraserve._argtypes import seed as _seed
 from loraserve.models import Config, ConfigError, PlacementPlan, load_config
-from loraserve.models._files import write_atomic
+from loraserve.models.io import check_outputs, write_atomic
+from loraserve.models.plan_check import check_plan
 from loraserve.models.trace import load_azure_trace
 from loraserve.sim.dynamic import add_dynamic_arguments
 from loraserve.sim.engine import SimOptions
@@ -211,6 +214,9 @@ def _slo_line(config: Config) -> str:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     plan = PlacementPlan.load(args.plan)
+    check_plan(plan, args.plan, config, args.config)
+    check_outputs({"--requests-csv": args.requests_csv, "--gpus-csv": args.gpus_csv},
+                  {"config": args.config, "--plan": args.plan, "--trace": args.trace})
     traffic = _traffic(args, config)
     status = _Status(args.progress or (sys.stderr.isatty() and not args.quiet))
     scenario = Scenario(traffic.config, traffic.requests_at, _options(args), seed=args.seed)
@@ -263,6 +269,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         return cmd_compare_dynamic(args)
     config = load_config(args.config)
     policies = _policies(args, config)
+    check_outputs({"--csv": args.csv, "--plot": args.plot},
+                  {"config": args.config, "--trace": args.trace})
+    pool_size = sum(p.count for p in config.pools)
+    if args.gpus is not None and args.gpus > pool_size:
+        raise ConfigError(f"--gpus {args.gpus}: the pools hold {pool_size} GPUs; give at most "
+                          "that, or grow the pools")
     traffic = _traffic(args, config)
     status = _Status(args.progress or (sys.stderr.isatty() and not args.quiet))
     # Curves need every run to the end; a table needs only each search run's verdict.
@@ -301,6 +313,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def _cmd_capacity(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     policies = _policies(args, config)
+    check_outputs({"--csv": args.csv, "--plot": args.plot},
+                  {"config": args.config, "--trace": args.trace})
     traffic = _traffic(args, config)
     status = _Status(args.progress or (sys.stderr.isatty() and not args.quiet))
     scenario = Scenario(traffic.config, traffic.requests_at, _options(args),
@@ -345,10 +359,10 @@ def _workload_args(parser: argparse.ArgumentParser) -> None:
                         help="arrival process of a generated stream")
     parser.add_argument("--cv", type=_positive, default=1.0,
                         help="coefficient of variation of gamma inter-arrival gaps")
-    parser.add_argument("--token-sigma", type=float, default=0.6,
+    parser.add_argument("--token-sigma", type=_non_negative, default=0.6,
                         help="lognormal sigma of generated token counts (default 0.6)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds traffic, routing, solvers")
-    parser.add_argument("--cold-load-ms", type=float, default=SimOptions.cold_load_ms,
+    parser.add_argument("--seed", type=_seed, default=0, help="seeds traffic, routing, solvers")
+    parser.add_argument("--cold-load-ms", type=_non_negative, default=SimOptions.cold_load_ms,
                         help="fixed cost of loading an adapter from disk (default "
                              f"{SimOptions.cold_load_ms:g})")
     parser.add_argument("--disk-gbps", type=_positive, default=SimOptions.disk_gb_per_s,

@@ -55,7 +55,7 @@ from loraserve._argtypes import positive as _positive
 from loraserve.drift import Counters, DriftController, DriftPolicy, with_rates
 from loraserve.drift.options import add_policy_arguments, policy_from_args
 from loraserve.models import Config, ConfigError, PlacementPlan, load_config
-from loraserve.models._files import write_atomic
+from loraserve.models.io import check_outputs, write_atomic
 from loraserve.models.migration import plan_migration, relabel
 from loraserve.profiles import CostModel
 from loraserve.sim.engine import SimOptions, Worker, run, weighted_routes
@@ -724,6 +724,8 @@ def cmd_compare_dynamic(args: argparse.Namespace) -> int:
     from loraserve.sim.cli import _fmt_table, _ms, _out, _pct, _slo_line, _Status, _text
 
     config = load_config(args.config)
+    check_outputs({"--csv": args.csv, "--intervals-csv": args.intervals_csv,
+                   "--plot": args.plot}, {"config": args.config, "--trace": args.trace})
     strategies = parse_strategies(args.strategies)
     options = _dynamic_options(args)
     planned, requests, described = _dynamic_traffic(args, config)

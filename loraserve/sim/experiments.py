@@ -20,9 +20,11 @@ every run they make is kept (``points``) for the plots.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import multiprocessing as mp
+import signal
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -33,6 +35,7 @@ from typing import Any
 import pandas as pd
 
 from loraserve.models import Config, ConfigError, PlacementPlan
+from loraserve.models.io import one_line, write_atomic
 from loraserve.profiles import CostModel
 from loraserve.sim.engine import SimOptions, run
 from loraserve.sim.policies import Deployment, deploy
@@ -449,18 +452,37 @@ def _compare_forked(scenario: Scenario, order: Sequence[str], gpus: int | None,
                    ready=ready)
     needed: dict[str, Search] = {}
     parts: dict[str, _Part] = {}
+    workers = min(jobs, len(order))
+    logger.info("compare: %d policies in %d processes", len(order), workers)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                               initializer=_leave_signals_to_parent)
     try:
-        with ProcessPoolExecutor(max_workers=min(jobs, len(order)), mp_context=ctx) as pool:
-            futures = {policy: pool.submit(_forked_task, policy) for policy in order}
-            for policy, future in futures.items():
-                search, part = future.result()
-                if search is not None:
-                    needed[policy] = search
-                if part is not None:
-                    parts[policy] = part
+        futures = {policy: pool.submit(_forked_task, policy) for policy in order}
+        for policy, future in futures.items():
+            search, part = future.result()
+            if search is not None:
+                needed[policy] = search
+            if part is not None:
+                parts[policy] = part
+    except BaseException:
+        # Interrupted (or a worker failed): the other workers' simulations are not wanted,
+        # and waiting for them would hold Ctrl-C up for minutes.
+        pool.shutdown(wait=False, cancel_futures=True)
+        for child in mp.active_children():
+            child.terminate()
+        raise
+    else:
+        pool.shutdown()
     finally:
         _FORKED.clear()
     return needed, parts, decided.value or None
+
+
+def _leave_signals_to_parent() -> None:
+    """In a forked worker: Ctrl-C is the parent's to handle (it ends the workers)."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _forked_task(policy: str) -> tuple[Search | None, _Part | None]:
@@ -536,15 +558,16 @@ def save_figure(fig: Any, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    image = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110)
-    except (OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"{path}: cannot write the plot ({exc})") from None
+        # Drawn in memory, then written like every other output (models.io.write_atomic).
+        fig.savefig(image, dpi=110, format=path.suffix.lstrip(".").lower() or "png")
+    except ValueError as exc:
+        raise ConfigError(f"{path}: cannot draw the plot ({one_line(exc)}); end the name "
+                          "in .png, .svg or .pdf") from None
     finally:
         plt.close(fig)
-    tmp.replace(path)
+    write_atomic(path, image.getvalue())
 
 
 def plot_comparison(comparison: Comparison, path: str | Path, title: str = "") -> None:

@@ -187,6 +187,10 @@ def _lognormal_tokens(means: np.ndarray, sigma: float, rng: np.random.Generator)
     return tokens
 
 
+#: Most requests :func:`generate_requests` draws (about 1 GB of arrays at that size).
+MAX_GENERATED_REQUESTS = 20_000_000
+
+
 def generate_requests(
     config: Config,
     duration_s: float,
@@ -230,6 +234,12 @@ def generate_requests(
     if not (token_sigma >= 0 and math.isfinite(token_sigma)):
         raise ConfigError(f"token sigma must be a number >= 0, got {token_sigma!r}")
     rates = _check_rates(config) * rate_scale
+    expected = float(rates.sum()) * duration_s
+    if expected > MAX_GENERATED_REQUESTS:
+        # Checked before drawing: numpy would try to allocate it all and fail after minutes.
+        raise ConfigError(f"{duration_s:g} s at {float(rates.sum()):g} req/s is "
+                          f"{expected:.3g} requests; at most {MAX_GENERATED_REQUESTS:,} are "
+                          "generated: shorten the duration or lower the rate scale")
     arrival_rng, assign_rng, token_rng, drift_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(4))
     times = _arrivals(float(rates.sum()), duration_s, arrival, cv, arrival_rng)

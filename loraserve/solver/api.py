@@ -217,6 +217,7 @@ def solve(
         # the 1,000-adapter trace instance (bound 60 against the tier-count bound's 72), so
         # the time goes to LNS instead (docs/bounds.md).
         budget = (deadline - time.perf_counter()) * COLGEN_SHARE
+        logger.info("colgen: started (%.1f s)", budget)
         strong = colgen_bound(inst, upper_bound=upper, start=incumbent, time_limit=budget)
         logger.info("colgen: %s", strong.message)
         if strong.value > best_bound + 1e-9:
@@ -232,6 +233,7 @@ def solve(
         budget = deadline - time.perf_counter()
         if solver == "auto" and _pairs(inst, upper) <= AUTO_EXACT_PAIRS:
             budget /= 2  # leave the exact model the other half
+        logger.info("lns: started (%.1f s)", budget)
         improved = improve_by_lns(inst, incumbent, best_bound, budget, seed=seed,
                                   report=lambda cost, _: report("lns", cost, best_bound))
         if plan_cost(inst, improved) < upper - 1e-9:
@@ -266,9 +268,14 @@ def solve(
         report(name, upper, best_bound)
     seconds = time.perf_counter() - started
     if incumbent is None:
+        # Say how long it really searched: heuristics that give up take milliseconds, and
+        # "in 30 s" read as if the time limit had been used.
+        hint = ("" if backend is not None else
+                "; an exact solver (--solver milp) decides whether a plan exists")
         return SolveResult(status="unknown", lower_bound=best_bound, seconds=seconds,
                            solver=name, binding=bound.binding,
-                           message=f"no plan found in {time_limit:g} s; {bound.message}")
+                           message=f"no plan found by {name} in {seconds:.2f} s (limit "
+                                   f"{time_limit:g} s){hint}; {bound.message}")
     plan = build_plan(inst, incumbent)
     if current is not None:
         if name == "loraserve-greedy" or from_scratch:
@@ -307,6 +314,7 @@ def _heuristics(inst: Instance, target: float) -> tuple[list[OpenGPU] | None, st
     """The cheaper of loraserve's greedy and the paper's heuristic (the warm start)."""
     found: list[tuple[float, int, str, list[OpenGPU]]] = []
     try:
+        logger.info("greedy: started")
         gpus = greedy_placement(inst, target=target)
         found.append((plan_cost(inst, gpus), 0, "greedy", gpus))
     except InfeasibleError as exc:
@@ -345,6 +353,7 @@ def _run_exact(inst: Instance, backend: str, upper: float, bound: float,
     def on_progress(incumbent: float, best: float) -> None:
         report(backend, incumbent, best)
 
+    logger.info("%s: started", backend)
     model: PlacementMILP | PlacementCPSAT
     if backend == "cpsat":
         model = PlacementCPSAT(inst, upper_bound=upper, lower_bound=bound)

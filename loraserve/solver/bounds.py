@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import pulp
 
+from loraserve.solver._stop import pulp_solve
 from loraserve.solver.instance import Instance
 
 logger = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ def tier_count_bound(
             model += (pulp.lpSum(n[k.index] for k in kinds if k.gpu_type == gpu_type) <= pool,
                       f"pool_{gpu_type}")
     solver = pulp.HiGHS(msg=False, timeLimit=time_limit, threads=1)
-    model.solve(solver)
+    pulp_solve(model, solver)
     status = pulp.LpStatus[model.status]
     if status != "Optimal":
         return Bound(value=math.inf, feasible=False, binding="", message=status, counts={})
@@ -228,5 +229,11 @@ def diagnose_infeasible(inst: Instance, time_limit: float = 10.0) -> tuple[str, 
         return worst[1], family_name(inst, worst[2])
     total_need = sum(unlimited.counts.values())
     have = sum(pools.values())
-    return (f"load, slots and memory together need at least {total_need} GPUs; the pools hold "
-            f"{have} (short by {max(1, total_need - have)})", "pool")
+    if total_need > have:
+        return (f"load, slots and memory together need at least {total_need} GPUs; the pools "
+                f"hold {have} (short by {total_need - have})", "pool")
+    # The aggregate bound fits: what does not is whole adapters on whole GPUs, so there is no
+    # honest GPU count to name, only that the pools are too small for an assignment.
+    return (f"the pools hold {have} GPUs, as many as load, slots and memory need in aggregate "
+            f"({total_need}), but no assignment of whole adapters to them keeps every GPU's "
+            "slots, memory and SLO limit; add GPUs to the pools", "pool")

@@ -155,6 +155,7 @@ import highspy
 import numpy as np
 
 from loraserve.solver._highs import quiet_banner
+from loraserve.solver._stop import highs_run
 from loraserve.solver.greedy import OpenGPU, greedy_placement
 from loraserve.solver.instance import EPS, InfeasibleError, Instance
 
@@ -673,7 +674,7 @@ class _Pricer:
         highs.setOptionValue("mip_rel_gap", _MIP_GAP)
         highs.setOptionValue("mip_abs_gap", 1e-9)
         highs.setOptionValue("time_limit", max(0.05, self.deadline - time.perf_counter()))
-        highs.run()
+        highs_run(highs)
         info = highs.getInfo()
         bound = float(info.mip_dual_bound)
         if not math.isfinite(bound):
@@ -972,7 +973,7 @@ class _Master:
 
     def solve(self) -> tuple[bool, float]:
         """Re-solve (warm); return whether HiGHS found the optimum, and the master's value."""
-        self.highs.run()
+        highs_run(self.highs)
         optimal = self.highs.getModelStatus() == highspy.HighsModelStatus.kOptimal
         return optimal, float(self.highs.getObjectiveValue())
 

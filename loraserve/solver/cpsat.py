@@ -59,6 +59,7 @@ from collections.abc import Callable
 import numpy as np
 from ortools.sat.python import cp_model
 
+from loraserve.solver._stop import cpsat_solve
 from loraserve.solver.greedy import OpenGPU
 from loraserve.solver.instance import EPS, Instance
 from loraserve.solver.milp import MILPOutcome
@@ -454,7 +455,7 @@ class PlacementCPSAT:
             # Whole objective values are ``cost_scale`` scaled units apart.
             params.absolute_gap_limit = self.cost_scale * (1.0 - 1e-6)
         callback = _Progress(progress, self.cost_scale, self.exact) if progress else None
-        status = solver.solve(self.model, callback)
+        status = cpsat_solve(solver, self.model, callback)
         logger.debug("cpsat: %s in %.2f s (%d variables)", solver.status_name(status),
                      solver.wall_time, self.variables)
         if status == cp_model.MODEL_INVALID:

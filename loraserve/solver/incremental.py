@@ -34,6 +34,7 @@ import numpy as np
 import pulp
 
 from loraserve.models import PlacementPlan
+from loraserve.solver._stop import pulp_solve
 from loraserve.solver.greedy import OpenGPU, _State, plan_cost
 from loraserve.solver.instance import EPS, InfeasibleError, Instance
 
@@ -101,6 +102,10 @@ def _running(inst: Instance, current: PlacementPlan) -> tuple[list[OpenGPU], lis
     return gpus, dropped
 
 
+def _pool_sizes(inst: Instance) -> str:
+    return ", ".join(f"{p.gpu_type} {p.count}" for p in inst.config.pools)
+
+
 def _route(inst: Instance, gpus: list[OpenGPU]) -> np.ndarray:
     """Spread traffic over existing replicas; return each adapter's unserved share."""
     unserved = np.ones(inst.num_adapters)
@@ -133,7 +138,7 @@ def _route(inst: Instance, gpus: list[OpenGPU]) -> np.ndarray:
         k = gpus[g].kind
         model += (pulp.lpSum(float(inst.load[a, k]) * x[a, g] for a in adapters)
                   <= inst.kinds[k].capacity, f"compute_{g}")
-    model.solve(pulp.HiGHS(msg=False, threads=1))
+    pulp_solve(model, pulp.HiGHS(msg=False, threads=1))
     if pulp.LpStatus[model.status] != "Optimal":
         raise RuntimeError(f"re-routing LP ended {pulp.LpStatus[model.status]}")
     for (a, g), var in x.items():
@@ -222,9 +227,13 @@ def incremental_placement(inst: Instance, current: PlacementPlan, target: float,
     for a in order:
         left = state.place(int(a), float(unserved[a]), allow_open=True)
         if left > EPS:
+            # The amount: how much of the adapter's traffic found no room, on how many GPUs.
+            unplaced = len(order) - list(order).index(a)
             raise InfeasibleError(
-                f"the pools ran out while re-placing adapter '{inst.config.adapters[a].id}'",
-                "pool")
+                f"the pools ran out while re-placing adapter '{inst.config.adapters[a].id}': "
+                f"{left:.0%} of its traffic and {unplaced - 1} more adapter(s) found no room "
+                f"on the {len(state.gpus)} GPU(s) the pools hold "
+                f"({_pool_sizes(inst)}); grow the pools or plan from scratch", "pool")
     loads, _ = _load_cost(inst, state.gpus, original)
     if max_moves is not None and loads > max_moves:
         raise InfeasibleError(

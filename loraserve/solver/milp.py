@@ -18,6 +18,7 @@ import highspy
 import pulp
 
 from loraserve.solver._highs import thread_pool
+from loraserve.solver._stop import pulp_solve
 from loraserve.solver.greedy import OpenGPU
 from loraserve.solver.instance import EPS, Instance
 
@@ -224,7 +225,7 @@ class PlacementMILP:
             msg=False, timeLimit=max(0.1, time_limit), threads=threads,
         )
         with thread_pool(threads):
-            self.model.solve(solver)
+            pulp_solve(self.model, solver)
         highs = self.model.solverModel
         model_status = highs.getModelStatus()
         info = highs.getInfo()

@@ -49,6 +49,7 @@ from loraserve.models import Config, GPUPlacement, PlacementPlan, SolveResult
 from loraserve.models.topology import Topology
 from loraserve.profiles import CostModel
 from loraserve.solver._highs import quiet_banner, thread_pool
+from loraserve.solver._stop import cpsat_solve, pulp_solve
 from loraserve.solver.greedy import fewest_that_pack, greedy_placement, one_kind_for_all
 from loraserve.solver.instance import EPS, InfeasibleError, Instance
 from loraserve.solver.milp import _WarmStartHiGHS
@@ -859,7 +860,7 @@ class RemoteModel:
         solver = _WarmStartHiGHS(start={}, options=options, msg=False,
                                  timeLimit=max(0.1, time_limit), threads=threads)
         with thread_pool(threads):
-            problem.solve(solver)
+            pulp_solve(problem, solver)
         highs = problem.solverModel
         status = highs.getModelStatus()
         info = highs.getInfo()
@@ -914,7 +915,7 @@ class RemoteModel:
         # As in the replication model: several workers give repeatable plans only when their
         # portfolio runs on a fixed schedule.
         solver.parameters.interleave_search = threads > 1
-        status = solver.solve(model)
+        status = cpsat_solve(solver, model)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             return None, -math.inf, False
         values = [float(solver.value(var)) if self.binary[v]

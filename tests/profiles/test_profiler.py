@@ -413,7 +413,7 @@ def test_model_spec_from_preset_or_file(tmp_path: Path) -> None:
 
 
 def test_shipped_measured_profile_is_preferred(tiny_run: ProfileRun, tmp_path: Path) -> None:
-    spec = TINY.model_copy(update={"name": "llama-3-8b"})
+    spec = PRESETS["llama-3-8b"]  # a shipped profile applies to its preset's shapes only
     analytic = analytic_profile(PRESETS["llama-3-8b"], GPU_SPECS[GPU])
     (tmp_path / GPU).mkdir()
     (tmp_path / GPU / "llama-3-8b.yaml").write_text(analytic.to_yaml(), encoding="utf-8")
