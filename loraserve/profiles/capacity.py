@@ -502,6 +502,21 @@ class CostModel:
             return False
         return self.config.serving.adapters_per_gpu > math.floor(self.slot_limit() + 1e-9)
 
+    def _tpot_detail(self, gpu_type: str, tier: int, shares: list[tuple[Adapter, float]],
+                     row: float) -> str:
+        """The ``tpot_tail`` check in words: the predicted percentile against the SLO."""
+        cap, slo = self._capacity[(gpu_type, tier)], self.config.slo
+        tpot_row = self._tpot_rows[(gpu_type, tier)]
+        prefill = sum(a.request_rate * w * a.prompt_tokens for a, w in shares)
+        scaled = sum(a.request_rate * w * a.prompt_tokens
+                     * tail_scale(a.prompt_tokens, a.output_tokens, tpot_row.exponent)
+                     for a, w in shares)
+        decode = sum(a.request_rate * w * a.output_tokens for a, w in shares)
+        tail = tpot_row.tail_ms(prefill / cap.prefill_tokens_per_s, decode,
+                                scaled / cap.prefill_tokens_per_s)
+        return (f"predicted p{slo.percentile:g} TPOT {tail:.0f} ms against {slo.tpot_ms:g} ms "
+                f"(row at {row:.0%} of its limit; prefill chunks stretch the decode steps)")
+
     def family_checks(self, gpu_type: str, tier: int,
                       shares: list[tuple[Adapter, float]]) -> list[FamilyCheck]:
         """The per-GPU families ``compute``, ``tpot_tail`` and ``batch_slots`` on one GPU.
@@ -522,15 +537,13 @@ class CostModel:
             FamilyCheck("compute", compute, cap.max_utilization,
                         f"utilization {compute:.1%} against a limit of "
                         f"{cap.max_utilization:.1%} (TTFT SLO)"),
-            FamilyCheck(TPOT_TAIL, tpot, 1.0,
-                        f"predicted p{self.config.slo.percentile:g} TPOT row at {tpot:.1%} of "
-                        f"its limit (prefill-heavy traffic stretches decode steps)"),
+            FamilyCheck(TPOT_TAIL, tpot, 1.0, self._tpot_detail(gpu_type, tier, shares, tpot)),
         ]
         if self.slot_family_binds():
             slots = sum(self.slot_weight(a) for a, _ in shares)
             checks.append(FamilyCheck(
                 BATCH_SLOTS, slots, self.slot_limit(),
-                f"busy adapters {slots:.1f} (weighted) against {self.slot_limit():.1f} for "
+                f"expected busy adapters {slots:.1f} against {self.slot_limit():.1f} for "
                 f"max_loras {self.config.serving.max_loras}"))
         return checks
 
