@@ -42,7 +42,7 @@ from loraserve.models.trace import load_azure_trace
 from loraserve.profiles import CostModel
 from loraserve.sim.engine import SimOptions, run
 from loraserve.sim.experiments import Scenario, gpus_needed
-from loraserve.sim.policies import deployment_from_plan
+from loraserve.sim.policies import deployment_from_plan, repriced
 from loraserve.sim.results import SimResult
 from loraserve.sim.workload import (
     Requests,
@@ -117,6 +117,8 @@ def _compute_only(config: Config) -> Config:
 
 def _attainment(config: Config, plan: Any, model: CostModel, requests: Requests,
                 seed: int) -> tuple[float, np.ndarray]:
+    # Predictions at the rates simulated (a trace config's plan was made for its peak).
+    plan = repriced(plan, config, model)
     deployment = deployment_from_plan(plan, config)
     sim = SimResult("plan", config, run(config, deployment.workers, requests,
                                         deployment.routes, SimOptions(seed=seed), model), model,

@@ -259,7 +259,7 @@ class CostModel:
     def _tpot_row(self, gpu_type: str, tier: int) -> TpotRow:
         cap = self._capacity[(gpu_type, tier)]
         calibration = self.calibration[gpu_type]
-        kappa, exponent = calibration.tpot_tail_kappa, calibration.tail_exponent
+        kappa, exponent = calibration.kappa(tier), calibration.tail_exponent
         if not cap.usable:
             return TpotRow(math.inf, 0.0, 1.0, kappa, self.config.slo.tpot_ms, math.inf,
                            math.inf, exponent)

@@ -65,7 +65,10 @@ class SloCalibration:
     Attributes
     ----------
     tpot_tail_kappa : float
-        Growth of the TPOT percentile with the GPU's prefill share (``kappa`` above).
+        Growth of the TPOT percentile with the GPU's prefill share (``kappa`` above), for
+        tiers without their own value.
+    kappa_by_tier : tuple of (int, float)
+        ``kappa`` fitted per rank tier (:meth:`kappa`).
     slot_variance_weight : float
         ``t`` of the ``batch_slots`` row: how much of each adapter's busy variance counts.
     slot_margin : float
@@ -78,6 +81,7 @@ class SloCalibration:
     """
 
     tpot_tail_kappa: float = 1.0
+    kappa_by_tier: tuple[tuple[int, float], ...] = ()
     slot_variance_weight: float = 1.0
     slot_margin: float = 0.0
     tail_exponent: float = 1.0
@@ -87,6 +91,10 @@ class SloCalibration:
         if not (math.isfinite(self.tpot_tail_kappa) and self.tpot_tail_kappa >= 0):
             raise ConfigError(f"slo calibration: tpot_tail_kappa must be a number >= 0, got "
                               f"{self.tpot_tail_kappa!r}")
+        for tier, kappa in self.kappa_by_tier:
+            if not (math.isfinite(kappa) and kappa >= 0):
+                raise ConfigError(f"slo calibration: kappa of tier {tier} must be a number "
+                                  f">= 0, got {kappa!r}")
         if not (math.isfinite(self.tail_exponent) and 0.0 <= self.tail_exponent <= 4.0):
             raise ConfigError(f"slo calibration: tail_exponent must lie in [0, 4], got "
                               f"{self.tail_exponent!r}")
@@ -97,6 +105,10 @@ class SloCalibration:
         if not (math.isfinite(self.slot_margin) and -1.0 <= self.slot_margin < 1.0):
             raise ConfigError(f"slo calibration: slot_margin must lie in [-1, 1), got "
                               f"{self.slot_margin!r}")
+
+    def kappa(self, tier: int) -> float:
+        """``kappa`` of ``tier``: its own where fitted, else ``tpot_tail_kappa``."""
+        return dict(self.kappa_by_tier).get(tier, self.tpot_tail_kappa)
 
     def slot_limit(self, max_loras: int) -> float:
         """The ``batch_slots`` row's limit for ``max_loras`` batch slots."""
@@ -128,8 +140,16 @@ def load_calibration(gpu_type: str, base_model: str,
         raise ConfigError(f"{path.name}: entry for {gpu_type}/{base_model} must be a mapping")
     fitted = {k: entry[k] for k in ("tpot_tail_kappa", "tail_exponent",
                                     "slot_variance_weight", "slot_margin") if k in entry}
-    return SloCalibration(**{k: float(v) for k, v in fitted.items()},
-                          source=str(entry.get("source", raw.get("source", "file"))))
+    by_tier = entry.get("kappa_by_tier", {})
+    if not isinstance(by_tier, dict):
+        raise ConfigError(f"{path.name}: kappa_by_tier must map tiers to numbers")
+    try:
+        return SloCalibration(**{k: float(v) for k, v in fitted.items()},
+                              kappa_by_tier=tuple(sorted((int(t), float(k))
+                                                         for t, k in by_tier.items())),
+                              source=str(entry.get("source", raw.get("source", "file"))))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path.name}: entry for {gpu_type}/{base_model}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,7 @@ def _at_load(gpu_type: str, base_model: str, n: int, rho: float, prompt: float,
 def tpot_points(gpu_type: str, base_model: str) -> list[Point]:
     """The single-adapter grid for ``kappa``."""
     points = []
-    for tier in (8, 32, 128):
+    for tier in TIERS:
         for prompt in (256, 512, 1024, 2048, 3072):
             for output in (64, 256, 512):
                 for rho in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0):
@@ -197,14 +197,17 @@ def fit_slots(slots: list[Point], target: float, weight: float) -> tuple[float, 
     return margin, lost
 
 
+#: Tiers of the TPOT grid; each gets its own ``kappa``.
+TIERS = (8, 16, 32, 64, 128, 256)
 #: Variance weights of the ``batch_slots`` row tried by the fit.
 VARIANCE_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
 #: Exponents of :func:`tail_scale` tried by the fit.
 EXPONENTS = (0.0, 0.5, 1.0, 1.5, 2.0)
 
 
-def fit_kappa(tpot: list[Point], target: float, exponent: float) -> tuple[float, int]:
-    """The least ``kappa`` excluding every failing point at ``exponent``, and what it costs.
+def fit_kappa(tpot: list[Point], target: float,
+              exponent: float) -> tuple[dict[int, float], int]:
+    """Per tier, the least ``kappa`` excluding every failing point at ``exponent``.
 
     The second value counts the points that meet the SLO and are excluded all the same.
     """
@@ -215,22 +218,27 @@ def fit_kappa(tpot: list[Point], target: float, exponent: float) -> tuple[float,
     def scaled(p: Point) -> float:
         return p.kappa_max / tail_scale(p.prompt, p.output, exponent)
 
-    failing = [scaled(p) for p in tpot if p.tpot_attainment < tpot_target]
-    kappa = max(0.0, max(failing, default=0.0)) * 1.02 + 1e-3
-    lost = sum(1 for p in tpot if p.tpot_attainment >= tpot_target and scaled(p) < kappa)
-    return kappa, lost
+    kappas, lost = {}, 0
+    for tier in sorted({p.tier for p in tpot}):
+        points = [p for p in tpot if p.tier == tier]
+        failing = [scaled(p) for p in points if p.tpot_attainment < tpot_target]
+        kappa = max(0.0, max(failing, default=0.0)) * 1.02 + 1e-3
+        kappas[tier] = round(kappa, 4)
+        lost += sum(1 for p in points if p.tpot_attainment >= tpot_target and scaled(p) < kappa)
+    return kappas, lost
 
 
-def fit(tpot: list[Point], slots: list[Point], target: float) -> dict[str, float]:
+def fit(tpot: list[Point], slots: list[Point], target: float) -> dict[str, Any]:
     """``kappa``, its exponent and the slot row's weight and margin; see the module docstring."""
-    # The exponent that loses the fewest points that meet the SLO (ties: the smaller kappa).
-    fits = sorted((fit_kappa(tpot, target, g)[1], fit_kappa(tpot, target, g)[0], g)
-                  for g in EXPONENTS)
-    _, kappa, exponent = fits[0]
+    # The exponent that loses the fewest points that meet the SLO (ties: the smaller one).
+    fits = sorted((fit_kappa(tpot, target, g)[1], g) for g in EXPONENTS)
+    exponent = fits[0][1]
+    kappas = fit_kappa(tpot, target, exponent)[0]
     slot_fits = sorted((fit_slots(slots, target, t)[1], fit_slots(slots, target, t)[0], t)
                        for t in VARIANCE_WEIGHTS)
     _, margin, weight = slot_fits[0]
-    return {"tpot_tail_kappa": round(kappa, 4), "tail_exponent": exponent,
+    return {"tpot_tail_kappa": max(kappas.values(), default=1.0), "kappa_by_tier": kappas,
+            "tail_exponent": exponent,
             "slot_variance_weight": weight, "slot_margin": round(margin, 4)}  # of max_loras
 
 
@@ -253,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     kappa_fail = sum(p.attainment < args.target for p in tpot)
     for g in EXPONENTS:
-        kappa, lost = fit_kappa(tpot, args.target, g)
-        print(f"tail exponent {g:g}: kappa {kappa:.3f}, excludes {lost} points that meet it")
+        kappas, lost = fit_kappa(tpot, args.target, g)
+        print(f"tail exponent {g:g}: kappa by tier {kappas}, excludes {lost} points that meet "
+              "it")
     for t in VARIANCE_WEIGHTS:
         margin, lost = fit_slots(slots, args.target, t)
         print(f"slot variance weight {t:g}: margin {margin:.3f}, excludes {lost} points that "

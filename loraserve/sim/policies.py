@@ -280,10 +280,10 @@ def deploy(
         final = plan_at(headroom, fast=False)
         if final is not None and final.num_gpus <= gpus:
             plan = final
-    return deployment_from_plan(_repriced(plan, config, model), config, policy, headroom)
+    return deployment_from_plan(repriced(plan, config, model), config, policy, headroom)
 
 
-def _repriced(plan: PlacementPlan, config: Config, model: CostModel) -> PlacementPlan:
+def repriced(plan: PlacementPlan, config: Config, model: CostModel) -> PlacementPlan:
     """The plan with its predictions for ``config``'s traffic, not the traffic it was made for.
 
     A plan made with headroom predicts utilization and latency for the scaled traffic; the
