@@ -288,6 +288,18 @@ def repriced(plan: PlacementPlan, config: Config, model: CostModel) -> Placement
 
     A plan made with headroom predicts utilization and latency for the scaled traffic; the
     simulation replays the real one, and that is what the predictions must describe.
+
+    Parameters
+    ----------
+    plan : PlacementPlan
+    config : Config
+        The traffic the predictions are for.
+    model : CostModel
+
+    Returns
+    -------
+    PlacementPlan
+        A copy with each GPU's utilization and predicted latencies for ``config``.
     """
     adapters = {a.id: a for a in config.adapters}
     shares: dict[str, list[tuple[Adapter, float]]] = {g.gpu_id: [] for g in plan.gpus}
