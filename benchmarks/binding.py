@@ -27,8 +27,13 @@ the computation): the scales put the load-only tier-count bound (slots unlimited
 is at least 1.2 times its load-only bound (memory bounds 71-375 GPUs: the high-rank mix
 alone needs 59-300 GPUs by load at these scales).
 
+``--extended`` runs the instances of issue 19 instead: the load bound above the slot bound
+at 8 and 16 slots (1,000 adapters at rate scales 450 and 300: about 150 and 100 GPUs of
+load against 125 and 63 of slots), and 10,000 adapters with 32 slots at scale 1,000
+(120 s per solve).
+
 Run: python benchmarks/binding.py [--quick] [--sizes 1000 2000] [--slots 8 16 32]
-     [--solvers greedy auto] [--time-limit T] [--no-memory] [--calibrate]
+     [--solvers greedy auto] [--time-limit T] [--no-memory] [--calibrate] [--extended]
 """
 
 from __future__ import annotations
@@ -74,7 +79,10 @@ POOL = 2000
 ZIPF = 1.0
 SEED = 0
 #: Time limit per solve by size (seconds).
-LIMITS = {1000: 30.0, 2000: 60.0}
+LIMITS = {1000: 30.0, 2000: 60.0, 10000: 120.0}
+#: Issue 19's instances: (adapters, rate scale, slots).
+EXTENDED: tuple[tuple[int, float, int], ...] = ((1000, 450.0, 8), (1000, 300.0, 16),
+                                                (10000, 1000.0, 32))
 
 
 def instance(trace: pd.DataFrame, n: int, scale: float, slots: int,
@@ -224,6 +232,8 @@ def main() -> None:
                         help="1,000 adapters, slots 16 only (both scales, memory variant)")
     parser.add_argument("--calibrate", action="store_true",
                         help="print how the rate scales and cache sizes were chosen; exit")
+    parser.add_argument("--extended", action="store_true",
+                        help="issue 19's instances (load above slots; 10,000 adapters)")
     parser.add_argument("--trace", type=Path, default=TRACE)
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args()
@@ -240,7 +250,11 @@ def main() -> None:
         rows.append(row)
         print(pd.DataFrame([row]).to_string(index=False, header=len(rows) == 1), flush=True)
 
-    for n in args.sizes:
+    for n, scale, slots in EXTENDED if args.extended else ():
+        limit = args.time_limit or LIMITS.get(n, 30.0)
+        emit(run_instance(f"a{n}-x{scale:g}-slots{slots}", instance(trace, n, scale, slots),
+                          n, scale, slots, args.solvers, limit))
+    for n in [] if args.extended else args.sizes:
         limit = args.time_limit or LIMITS.get(n, 30.0)
         for scale in args.scales:
             for slots in args.slots:

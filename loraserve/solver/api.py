@@ -12,6 +12,7 @@ from loraserve.models import Config, PlacementPlan, SolveResult
 from loraserve.models.migration import migration_cost, relabel
 from loraserve.profiles import CostModel
 from loraserve.solver._highs import quiet_banner
+from loraserve.solver.binpack import improve_whole
 from loraserve.solver.bounds import Bound, diagnose_infeasible, lower_bound
 from loraserve.solver.build import build_plan
 from loraserve.solver.colgen import colgen_bound
@@ -22,6 +23,7 @@ from loraserve.solver.instance import InfeasibleError, Instance, Tightening
 from loraserve.solver.lns import improve_by_lns
 from loraserve.solver.milp import MILPOutcome, PlacementMILP
 from loraserve.solver.paper_greedy import loraserve_greedy_min
+from loraserve.solver.primal import price_and_branch
 from loraserve.solver.progress import ProgressCallback, Reporter
 
 logger = logging.getLogger(__name__)
@@ -34,8 +36,28 @@ SOLVERS: tuple[str, ...] = ("auto", "milp", "cpsat", "lns", "greedy", "loraserve
 AUTO_EXACT_PAIRS = 40_000
 #: ... and when at least this many seconds of the time limit are left after the heuristics.
 AUTO_MIN_SECONDS = 1.0
-#: Share of the time left that the configuration-LP bound gets where slots or memory bind.
+#: Share of the time left that the configuration-LP bound gets where it runs.
 COLGEN_SHARE = 1 / 3
+#: Share of the time left after it that the restricted master (price-and-branch) may use.
+PRIMAL_SHARE = 1 / 4
+#: Adapters (pieces of hot ones included) up to which the bin-packing search runs.
+BINPACK_ITEMS = 4000
+#: Share of unsplit adapters (fitting one GPU) from which bin packing runs with splits on.
+SMALL_SHARE = 0.9
+
+
+def _whole_share(inst: Instance, exact_follows: bool) -> float:
+    """Share of the time left that ``auto`` gives the bin-packing search (0: none)."""
+    fits_one = sum(1 for a in range(inst.num_adapters) if inst.min_replicas(a) <= 1)
+    items = sum(max(1, inst.min_replicas(a)) for a in range(inst.num_adapters))
+    if items > BINPACK_ITEMS:
+        return 0.0
+    if inst.max_replicas == 1:
+        # Whole adapters: the search is the method; the exact model, if small, gets half.
+        return 0.5 if exact_follows else 0.8
+    if fits_one >= SMALL_SHARE * inst.num_adapters:
+        return 0.25
+    return 0.0
 
 
 def _gap(objective: float, bound: float) -> float:
@@ -208,14 +230,30 @@ def solve(
     report(name, upper, best_bound)
     proven = incumbent is not None and upper <= best_bound + 1e-9
 
-    binds = bound.binding not in ("compute", "tpot_tail", "load")
-    if (incumbent is not None and not proven and current is None and bound.binding == "slots"
-            and solver in ("auto", "lns", "milp", "cpsat")):
-        # Where slots bind the tier-count bound is weak; the configuration LP ties each GPU's
-        # slots and time together. A third of the time goes to it. Not where memory binds:
-        # there its pricing is a two-constraint knapsack that did not converge in 120 s on
-        # the 1,000-adapter trace instance (bound 60 against the tier-count bound's 72), so
-        # the time goes to LNS instead (docs/bounds.md).
+    improving = incumbent is not None and current is None
+    exact_follows = (current is None and _exact_backend(inst, solver) is not None
+                     and _pairs(inst, upper) <= AUTO_EXACT_PAIRS)
+    share = _whole_share(inst, exact_follows) if solver == "auto" else 0.0
+    if improving and not proven and share > 0 and incumbent is not None:
+        # Whole adapters (or mostly small ones): bin packing with a pool search.
+        budget = (deadline - time.perf_counter()) * share
+        packed = improve_whole(inst, best_bound, budget, start=incumbent, seed=seed,
+                               report=lambda cost: report("binpack", cost, best_bound))
+        if packed is not None and plan_cost(inst, packed) < upper - 1e-9:
+            incumbent, upper, name = packed, plan_cost(inst, packed), "binpack"
+        proven = upper <= best_bound + 1e-9
+
+    hosting = set(bound.binding.split("+")) & {"memory", "batch_slots"}
+    colgen_runs = ((solver in ("auto", "lns") and not hosting)
+                   or (solver in ("milp", "cpsat") and bound.binding == "slots"))
+    if improving and incumbent is not None and not proven and colgen_runs:
+        # The configuration LP ties each GPU's slots and time together; for auto and lns,
+        # whichever family sets the tier-count bound (the exact solvers keep it for where
+        # slots bind and leave the rest of the time to their model); a third of the time
+        # goes to it. Not where the hosting
+        # row (memory, batch slots) sets the bound: there its pricing is a two-constraint
+        # knapsack that did not converge in 120 s on the 1,000-adapter trace instance (bound
+        # 60 against the tier-count bound's 72), so the time goes to LNS (docs/bounds.md).
         budget = (deadline - time.perf_counter()) * COLGEN_SHARE
         logger.info("colgen: started (%.1f s)", budget)
         strong = colgen_bound(inst, upper_bound=upper, start=incumbent, time_limit=budget)
@@ -226,12 +264,20 @@ def solve(
                        f"tier-count bound {bound.value:g})")
         proven = upper <= best_bound + 1e-9
         report(name, upper, best_bound)
+        if not proven and solver in ("auto", "lns"):
+            # Price-and-branch: the LP's columns as an integer program, then repaired.
+            budget = (deadline - time.perf_counter()) * PRIMAL_SHARE
+            primal = price_and_branch(inst, strong.patterns, incumbent, budget, seed=seed)
+            if primal is not None:
+                incumbent, upper, name = primal, plan_cost(inst, primal), "colgen-primal"
+                report(name, upper, best_bound)
+            proven = upper <= best_bound + 1e-9
 
-    run_lns = incumbent is not None and not proven and current is None and (
-        solver == "lns" or (solver == "auto" and binds))
-    if run_lns and incumbent is not None:
+    if improving and incumbent is not None and not proven and solver in ("auto", "lns"):
+        # Whatever family sets the bound, LNS spends the time left (half of it when an
+        # exact model follows).
         budget = deadline - time.perf_counter()
-        if solver == "auto" and _pairs(inst, upper) <= AUTO_EXACT_PAIRS:
+        if solver == "auto" and exact_follows:
             budget /= 2  # leave the exact model the other half
         logger.info("lns: started (%.1f s)", budget)
         improved = improve_by_lns(inst, incumbent, best_bound, budget, seed=seed,
@@ -266,6 +312,16 @@ def solve(
             best_bound = max(best_bound, _round_bound(inst, exact.bound))
         proven = exact.proven_optimal and incumbent is not None
         report(name, upper, best_bound)
+    if (solver == "auto" and improving and incumbent is not None and not proven
+            and deadline - time.perf_counter() > AUTO_MIN_SECONDS):
+        # The exact model stopped without proving the plan (its restriction solved, or its
+        # bound not valid with splitting): LNS spends what is left.
+        improved = improve_by_lns(inst, incumbent, best_bound, deadline - time.perf_counter(),
+                                  seed=seed + 1,
+                                  report=lambda cost, _: report("lns", cost, best_bound))
+        if plan_cost(inst, improved) < upper - 1e-9:
+            incumbent, upper, name = improved, plan_cost(inst, improved), "lns"
+        proven = upper <= best_bound + 1e-9
     seconds = time.perf_counter() - started
     if incumbent is None:
         # Say how long it really searched: heuristics that give up take milliseconds, and

@@ -238,6 +238,9 @@ class ColgenBound:
         Wall-clock time.
     message : str
         One line on how the run ended.
+    patterns : tuple of Pattern
+        The master's columns at the end (empty GPUs left out): the configurations a primal
+        heuristic may combine (:mod:`loraserve.solver.primal`).
     """
 
     value: float
@@ -247,6 +250,16 @@ class ColgenBound:
     columns: int
     seconds: float
     message: str
+    patterns: tuple[Pattern, ...] = ()
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One GPU configuration: a kind, the adapters it hosts and each one's traffic share."""
+
+    kind: int
+    adapters: np.ndarray
+    shares: np.ndarray
 
 
 @dataclass
@@ -1202,9 +1215,11 @@ def colgen_bound(inst: Instance, upper_bound: float, start: list[OpenGPU] | None
     converged, message = run.loop(upper_bound, max_iterations, smoothing)
     value = run.costs.ceil(run.best)
     seconds = time.perf_counter() - began
+    patterns = tuple(Pattern(c.kind, c.adapters, c.shares)
+                     for c in master.columns if len(c.adapters))
     return ColgenBound(value=value, lp_value=run.lp_value, converged=converged,
                        iterations=run.iterations, columns=len(master.columns), seconds=seconds,
-                       message=message)
+                       message=message, patterns=patterns)
 
 
 class _Run:

@@ -33,6 +33,9 @@ POOL_FRACTION = 1 / 3
 #: CP-SAT's work per sub-problem, in its deterministic time units (about a second): a unit
 #: of work rather than of time, so that a step's outcome does not depend on machine speed.
 STEP_WORK = 1.0
+#: Draws of an already failed group after which every failed group may be tried once more
+#: (with a new seed).
+SKIPS_PER_RETRY = 200
 
 
 def _utilization(inst: Instance, gpu: OpenGPU) -> float:
@@ -79,7 +82,7 @@ def improve_by_lns(
     time_limit: float,
     seed: int = 0,
     report: Callable[[float, float], None] | None = None,
-    max_steps: int = 2000,
+    max_steps: int | None = None,
     step_work: float = STEP_WORK,
 ) -> list[OpenGPU]:
     """Improve ``gpus`` until it costs ``target`` (a lower bound) or time runs out.
@@ -99,8 +102,9 @@ def improve_by_lns(
         clock (``time_limit``) cuts short depends on the machine's speed.
     report : callable, optional
         Receives ``(cost, target)`` after each improvement.
-    max_steps : int
-        Most sub-problems solved.
+    max_steps : int, optional
+        Most sub-problems solved; by default the search runs until ``time_limit`` or
+        ``target``.
     step_work : float
         CP-SAT's deterministic time per sub-problem.
 
@@ -113,11 +117,10 @@ def improve_by_lns(
     rng = random.Random(seed)
     best = [g.copy() for g in gpus]
     cost = plan_cost(inst, best)
-    steps = improved = 0
+    steps = improved = skipped = 0
     failures: dict[tuple[int, ...], int] = {}
-    while (cost > target + 1e-9 and steps < max_steps
+    while (cost > target + 1e-9 and (max_steps is None or steps < max_steps)
            and time.perf_counter() < deadline - 0.2):
-        steps += 1
         state = _State(inst, best)
         order = sorted(range(len(best)), key=lambda g: (_utilization(inst, best[g]), g))
         # A light GPU as the seed, chosen at random among the lightest quarter.
@@ -129,8 +132,12 @@ def improve_by_lns(
         light = same[: max(NEIGHBOURHOOD * 2, int(len(same) * POOL_FRACTION))]
         partners = rng.sample(light, min(len(light), NEIGHBOURHOOD - 1))
         group_index = tuple(sorted([seed_gpu, *partners]))
-        if failures.get(group_index, 0) >= 1:
+        if failures.get(group_index, 0) >= 1 + skipped // SKIPS_PER_RETRY:
+            # Tried and failed: draw another group. When the draws keep landing on tried
+            # groups (a small plan), each may be tried again with another seed.
+            skipped += 1
             continue
+        steps += 1
         group = [best[g] for g in group_index]
         group_cost = plan_cost(inst, group)
         sub, members, fraction = _sub_instance(inst, group, state.pool_left)
@@ -164,6 +171,7 @@ def improve_by_lns(
         best, cost = trial.gpus, plan_cost(inst, trial.gpus)
         improved += 1
         failures.clear()
+        skipped = 0
         logger.info("lns step %d: %g (target %g)", steps, cost, target)
         if report is not None:
             report(cost, target)
