@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from ortools.sat.python import cp_model
 
+from loraserve.solver._stop import cpsat_solve
 from loraserve.solver.greedy import OpenGPU, _lower_tiers, _State, plan_cost
 from loraserve.solver.instance import EPS, InfeasibleError, Instance
 
@@ -311,7 +312,7 @@ class _Step:
         solver.parameters.random_seed = seed
         solver.parameters.max_time_in_seconds = max(0.01, time_limit)
         solver.parameters.max_deterministic_time = work
-        status = solver.solve(self.model)
+        status = cpsat_solve(solver, self.model)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
             return False
         packing, items = self.packing, self.packing.items

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import highspy
 import numpy as np
 
+from loraserve.solver._stop import highs_run
 from loraserve.solver.colgen import Pattern, _new_highs
 from loraserve.solver.greedy import OpenGPU, _lower_tiers, _State, plan_cost
 from loraserve.solver.instance import EPS, Instance
@@ -113,7 +114,7 @@ def restricted_master_plan(inst: Instance, patterns: Sequence[Pattern],
         solution = highspy.HighsSolution()
         solution.col_value = [float(known.get(key, 0)) for key in unique]
         highs.setSolution(solution)
-    highs.run()
+    highs_run(highs)
     info = highs.getInfo()
     if info.primal_solution_status != 2:  # kSolutionStatusFeasible
         logger.info("restricted master: no integer point (%s)", highs.getModelStatus())
