@@ -79,15 +79,9 @@ def format_plan(plan: PlacementPlan, config: Config) -> list[str]:
 def _worst_tpot_tail(plan: PlacementPlan, config: Config) -> float:
     """The largest predicted TPOT at the SLO percentile over the plan's GPUs."""
     model = CostModel.from_config(config)
-    adapters = {a.id: a for a in config.adapters}
-    worst = 0.0
-    for gpu in plan.gpus:
-        if not model.has(gpu.gpu_type, gpu.tier):
-            continue
-        shares = [(adapters[a], plan.routes.get(a, {}).get(gpu.gpu_id, 0.0))
-                  for a in gpu.adapters if a in adapters]
-        worst = max(worst, model.predict(gpu.gpu_type, gpu.tier, shares).tpot_tail_ms)
-    return worst
+    shares = plan.gpu_shares(config)
+    return max((model.predict(gpu.gpu_type, gpu.tier, shares[gpu.gpu_id]).tpot_tail_ms
+                for gpu in plan.gpus if model.has(gpu.gpu_type, gpu.tier)), default=0.0)
 
 
 #: Share of the time above ``max_loras`` busy adapters from which a GPU is reported.

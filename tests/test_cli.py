@@ -20,6 +20,13 @@ def quickstart_plan(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def compute_only_quickstart(tmp_path: Path) -> Path:
+    """The quickstart with the SLO families off (the compute-only model), written out."""
+    raw = yaml.safe_load(QUICKSTART.read_text())
+    raw["serving"]["slo_families"] = False
+    return write_config(tmp_path, raw)
+
+
 def write_config(tmp_path: Path, raw: dict[str, object], name: str = "c.yaml") -> Path:
     path = tmp_path / name
     path.write_text(yaml.safe_dump(raw), encoding="utf-8")
@@ -62,9 +69,7 @@ def test_compute_only_plan_warns_of_slot_contention(tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     # With the SLO families off (the compute-only model), the quickstart's GPUs host up to
     # 32 busy adapters for 16 batch slots: said, with the GPU count the slot table gives.
-    raw = yaml.safe_load(QUICKSTART.read_text())
-    raw["serving"]["slo_families"] = False
-    path = write_config(tmp_path, raw)
+    path = compute_only_quickstart(tmp_path)
     out_file = tmp_path / "p.yaml"
     assert main(["plan", str(path), "--solver", "greedy", "-o", str(out_file)]) == 0
     out = capsys.readouterr().out
@@ -271,9 +276,7 @@ def test_plan_simulate_tightens_the_gpus_that_miss(tmp_path: Path,
     # The compute-only model's quickstart plan misses the SLO in simulation; --simulate says
     # which GPUs and why, tightens their adapters' families and keeps a re-solved plan that
     # meets it, still valid for the config.
-    raw = yaml.safe_load(QUICKSTART.read_text())
-    raw["serving"]["slo_families"] = False
-    path = write_config(tmp_path, raw)
+    path = compute_only_quickstart(tmp_path)
     out_plan = tmp_path / "sized.yaml"
     assert main(["plan", str(path), "--solver", "greedy", "--simulate",
                  "--sim-duration", "60", "-o", str(out_plan)]) == 0

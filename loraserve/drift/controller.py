@@ -30,7 +30,7 @@ from typing import Literal
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from loraserve.drift.estimator import Counters, RateEstimator
-from loraserve.models import Adapter, Config
+from loraserve.models import Config
 from loraserve.models.migration import MigrationPlan, plan_migration
 from loraserve.models.plan import PlacementPlan
 from loraserve.profiles.capacity import CostModel
@@ -161,15 +161,7 @@ def predicted_utilization(plan: PlacementPlan, config: Config,
     count as idle; 1.0 is the limit.
     """
     model = cost_model or CostModel.from_config(config)
-    adapters = {a.id: a for a in config.adapters}
-    shares: dict[str, list[tuple[Adapter, float]]] = {g.gpu_id: [] for g in plan.gpus}
-    for adapter_id, split in plan.routes.items():
-        adapter = adapters.get(adapter_id)
-        if adapter is None:
-            continue
-        for gpu_id, weight in split.items():
-            if gpu_id in shares:
-                shares[gpu_id].append((adapter, weight))
+    shares = plan.gpu_shares(config)
     fill = {}
     for gpu in plan.gpus:
         checks = model.family_checks(gpu.gpu_type, gpu.tier, shares[gpu.gpu_id])

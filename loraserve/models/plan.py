@@ -231,6 +231,24 @@ class PlacementPlan(BaseModel):
         )
         return grouped
 
+    def gpu_shares(self, config: Config) -> dict[str, list[tuple[Adapter, float]]]:
+        """Per GPU, each adapter of ``config`` it serves and its share of that one's traffic.
+
+        An adapter is served where it is hosted or fetched from a peer (a remote pair); its
+        share is its routed weight there (0 where the routes give it none: it is still
+        hosted, and takes its place in the GPU's hosting rows).
+        """
+        adapters = {a.id: a for a in config.adapters}
+        fetched: dict[str, list[str]] = {}
+        for adapter_id, gpu_id, _ in self.remote_pairs():
+            fetched.setdefault(gpu_id, []).append(adapter_id)
+        shares = {}
+        for gpu in self.gpus:
+            served = dict.fromkeys([*gpu.adapters, *fetched.get(gpu.gpu_id, ())])
+            shares[gpu.gpu_id] = [(adapters[a], self.routes.get(a, {}).get(gpu.gpu_id, 0.0))
+                                  for a in served if a in adapters]
+        return shares
+
     def slot_table(self, config: Config, cost_model: CostModel | None = None) -> pd.DataFrame:
         """Per GPU, how many hosted adapters are expected to be busy against ``max_loras``.
 
@@ -257,12 +275,7 @@ class PlacementPlan(BaseModel):
         from loraserve.profiles.capacity import CostModel
 
         model = cost_model or CostModel.from_config(config)
-        adapters = {a.id: a for a in config.adapters}
-        shares: dict[str, list[tuple[Adapter, float]]] = {g.gpu_id: [] for g in self.gpus}
-        for adapter_id, split in self.routes.items():
-            for gpu_id, weight in split.items():
-                if adapter_id in adapters and weight > 0 and gpu_id in shares:
-                    shares[gpu_id].append((adapters[adapter_id], weight))
+        shares = self.gpu_shares(config)
         rows = []
         for gpu in self.gpus:
             prediction = model.predict(gpu.gpu_type, gpu.tier, shares[gpu.gpu_id])
@@ -309,6 +322,7 @@ def _natural_key(text: str) -> tuple[str, int]:
 def _verify(plan: PlacementPlan, config: Config, model: CostModel) -> list[Violation]:
     problems: list[Violation] = []
     adapters = {a.id: a for a in config.adapters}
+    served = plan.gpu_shares(config)
     limits = config.serving
     gpus: dict[str, GPUPlacement] = {}
     pools = {p.gpu_type: p for p in config.pools}
@@ -426,22 +440,19 @@ def _verify(plan: PlacementPlan, config: Config, model: CostModel) -> list[Viola
                                       f"{limit:.3f}, the most that keeps the SLO at tier "
                                       f"{gpu.tier}",
                                       excess=load[gpu.gpu_id] - limit))
-        problems += _verify_slo_families(plan, gpu, adapters, model)
+        problems += _verify_slo_families(gpu, served[gpu.gpu_id], model)
     if plan.remote:
         problems += _verify_remote(plan, config, model, gpus, load)
     return problems
 
 
-def _verify_slo_families(plan: PlacementPlan, gpu: GPUPlacement, adapters: dict[str, Adapter],
+def _verify_slo_families(gpu: GPUPlacement, shares: list[tuple[Adapter, float]],
                          model: CostModel) -> list[Violation]:
-    """The SLO families beyond compute (``tpot_tail``, ``batch_slots``) on one GPU."""
-    # Every adapter the GPU serves counts, hosted or fetched from a peer: a remote pair's
-    # requests run in the same batches and take a batch slot too.
-    served = list(dict.fromkeys([*gpu.adapters,
-                                 *(a for a, gpu_id, _ in plan.remote_pairs()
-                                   if gpu_id == gpu.gpu_id)]))
-    shares = [(adapters[a], plan.routes.get(a, {}).get(gpu.gpu_id, 0.0))
-              for a in served if a in adapters]
+    """The SLO families beyond compute (``tpot_tail``, ``batch_slots``) on one GPU.
+
+    ``shares`` are every adapter the GPU serves, hosted or fetched from a peer: a remote
+    pair's requests run in the same batches and take a batch slot too.
+    """
     problems = []
     for check in model.family_checks(gpu.gpu_type, gpu.tier, shares):
         if check.family in ("tpot_tail", "batch_slots") and check.violated:

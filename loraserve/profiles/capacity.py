@@ -502,20 +502,22 @@ class CostModel:
             return False
         return self.config.serving.adapters_per_gpu > math.floor(self.slot_limit() + 1e-9)
 
-    def _tpot_detail(self, gpu_type: str, tier: int, shares: list[tuple[Adapter, float]],
-                     row: float) -> str:
-        """The ``tpot_tail`` check in words: the predicted percentile against the SLO."""
-        cap, slo = self._capacity[(gpu_type, tier)], self.config.slo
-        tpot_row = self._tpot_rows[(gpu_type, tier)]
+    def tpot_tail_ms(self, gpu_type: str, tier: int,
+                     shares: list[tuple[Adapter, float]]) -> float:
+        """TPOT at the SLO percentile on a ``(gpu_type, tier)`` GPU serving ``shares``.
+
+        The ``tpot_tail`` family's model (:class:`~loraserve.profiles.slo.TpotRow`).
+        """
+        cap, row = self._capacity[(gpu_type, tier)], self._tpot_rows[(gpu_type, tier)]
+        if not cap.usable:
+            return math.inf
         prefill = sum(a.request_rate * w * a.prompt_tokens for a, w in shares)
         scaled = sum(a.request_rate * w * a.prompt_tokens
-                     * tail_scale(a.prompt_tokens, a.output_tokens, tpot_row.exponent)
+                     * tail_scale(a.prompt_tokens, a.output_tokens, row.exponent)
                      for a, w in shares)
         decode = sum(a.request_rate * w * a.output_tokens for a, w in shares)
-        tail = tpot_row.tail_ms(prefill / cap.prefill_tokens_per_s, decode,
-                                scaled / cap.prefill_tokens_per_s)
-        return (f"predicted p{slo.percentile:g} TPOT {tail:.0f} ms against {slo.tpot_ms:g} ms "
-                f"(row at {row:.0%} of its limit; prefill chunks stretch the decode steps)")
+        return row.tail_ms(prefill / cap.prefill_tokens_per_s, decode,
+                           scaled / cap.prefill_tokens_per_s)
 
     def family_checks(self, gpu_type: str, tier: int,
                       shares: list[tuple[Adapter, float]]) -> list[FamilyCheck]:
@@ -537,7 +539,11 @@ class CostModel:
             FamilyCheck("compute", compute, cap.max_utilization,
                         f"utilization {compute:.1%} against a limit of "
                         f"{cap.max_utilization:.1%} (TTFT SLO)"),
-            FamilyCheck(TPOT_TAIL, tpot, 1.0, self._tpot_detail(gpu_type, tier, shares, tpot)),
+            FamilyCheck(TPOT_TAIL, tpot, 1.0,
+                        f"predicted p{self.config.slo.percentile:g} TPOT "
+                        f"{self.tpot_tail_ms(gpu_type, tier, shares):.0f} ms against "
+                        f"{self.config.slo.tpot_ms:g} ms (row at {tpot:.0%} of its limit; "
+                        "prefill chunks stretch the decode steps)"),
         ]
         if self.slot_family_binds():
             slots = sum(self.slot_weight(a) for a, _ in shares)
@@ -598,10 +604,6 @@ class CostModel:
                                            + a.output_tokens * tpot / 1e3)
                      for a, w in shares if w > 0]
         active, overflow = active_adapters(in_flight, self.config.serving.max_loras)
-        row = self._tpot_rows[(gpu_type, tier)]
-        scaled = sum(a.request_rate * w * a.prompt_tokens
-                     * tail_scale(a.prompt_tokens, a.output_tokens, row.exponent)
-                     for a, w in shares) / cap.prefill_tokens_per_s
-        tail = row.tail_ms(prefill_busy, decode_rate, scaled)
+        tail = self.tpot_tail_ms(gpu_type, tier, shares)
         slots = sum(self.slot_weight(a) for a, _ in shares)
         return LatencyPrediction(util, tpot, ttft, active, overflow, tail, slots)

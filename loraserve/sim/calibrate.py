@@ -171,11 +171,10 @@ def slot_points(gpu_type: str, base_model: str) -> list[Point]:
                     checks = model.family_checks(gpu_type, 16, shares)
                     if any(c.violated for c in checks if c.family != "batch_slots"):
                         continue
-                    row = sum(busy_probability(model.in_flight(a, gpu_type, 16))
-                              for a in config.adapters)
-                    variance = sum(busy_probability(model.in_flight(a, gpu_type, 16))
-                                   * (1 - busy_probability(model.in_flight(a, gpu_type, 16)))
-                                   for a in config.adapters)
+                    busy = [busy_probability(model.in_flight(a, gpu_type, 16))
+                            for a in config.adapters]
+                    row = sum(busy)
+                    variance = sum(c * (1.0 - c) for c in busy)
                     both, tpot, ttft = _simulate(config, model, 16)
                     points.append(Point(16, n, 1024, 256, rho, both, tpot, ttft,
                                         slot_row=row, slot_variance=variance,
@@ -231,12 +230,12 @@ def fit_kappa(tpot: list[Point], target: float,
 def fit(tpot: list[Point], slots: list[Point], target: float) -> dict[str, Any]:
     """``kappa``, its exponent and the slot row's weight and margin; see the module docstring."""
     # The exponent that loses the fewest points that meet the SLO (ties: the smaller one).
-    fits = sorted((fit_kappa(tpot, target, g)[1], g) for g in EXPONENTS)
-    exponent = fits[0][1]
-    kappas = fit_kappa(tpot, target, exponent)[0]
-    slot_fits = sorted((fit_slots(slots, target, t)[1], fit_slots(slots, target, t)[0], t)
-                       for t in VARIANCE_WEIGHTS)
-    _, margin, weight = slot_fits[0]
+    kappas, _, exponent = min(((*fit_kappa(tpot, target, g), g) for g in EXPONENTS),
+                              key=lambda fitted: (fitted[1], fitted[2]))
+    # The variance weight that loses the fewest points that meet the SLO (ties: the smaller
+    # margin, then weight).
+    margin, _, weight = min(((*fit_slots(slots, target, t), t) for t in VARIANCE_WEIGHTS),
+                            key=lambda fitted: (fitted[1], fitted[0], fitted[2]))
     return {"tpot_tail_kappa": max(kappas.values(), default=1.0), "kappa_by_tier": kappas,
             "tail_exponent": exponent,
             "slot_variance_weight": weight, "slot_margin": round(margin, 4)}  # of max_loras

@@ -32,7 +32,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from loraserve.models import Adapter, Config, ConfigError, PlacementPlan
+from loraserve.models import Config, ConfigError, PlacementPlan
 from loraserve.profiles import CostModel
 from loraserve.sim.engine import Worker
 from loraserve.solver import InfeasibleError, Instance, solve
@@ -301,12 +301,7 @@ def repriced(plan: PlacementPlan, config: Config, model: CostModel) -> Placement
     PlacementPlan
         A copy with each GPU's utilization and predicted latencies for ``config``.
     """
-    adapters = {a.id: a for a in config.adapters}
-    shares: dict[str, list[tuple[Adapter, float]]] = {g.gpu_id: [] for g in plan.gpus}
-    for adapter_id, split in plan.routes.items():
-        for gpu_id, weight in split.items():
-            if adapter_id in adapters and gpu_id in shares:
-                shares[gpu_id].append((adapters[adapter_id], weight))
+    shares = plan.gpu_shares(config)
     gpus = []
     for gpu in plan.gpus:
         predicted = model.predict(gpu.gpu_type, gpu.tier, shares[gpu.gpu_id])
